@@ -1,0 +1,35 @@
+# ngffreg — set-up, demo and tests. Every target creates .venv when missing and reuses it.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.ngffreg-installed
+DEMO   := demo-output
+
+.PHONY: install demo test lint bench-convert clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall only when the dependency declarations change; pip's cache is kept.
+$(STAMP): $(PY) pyproject.toml constraints.txt
+	$(PY) -m pip install --upgrade "pip>=24"
+	$(PY) -m pip install -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/ngffreg demo --output $(DEMO)
+
+test: $(STAMP)
+	NGFFREG_DATA_DIR=$${NGFFREG_DATA_DIR:-$(abspath ../shared/data)} $(PY) -m pytest -n 2 --dist loadfile
+	$(VENV)/bin/ruff check src tests benchmarks
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+
+bench-convert: $(STAMP)
+	$(PY) benchmarks/bench_convert.py
+
+clean:
+	rm -rf $(DEMO) .pytest_cache

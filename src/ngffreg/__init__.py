@@ -1,0 +1,58 @@
+"""ngffreg: chunked registration of very large 3-D volumes on xarray / OME-NGFF.
+
+The functional core is importable from here; the CLI (:mod:`ngffreg.cli`) and the
+other faces are thin wrappers over it.
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    CatalogError,
+    InputError,
+    InputNotFoundError,
+    MissingSpacingError,
+    NgffregError,
+    OrientationError,
+    OutputError,
+    UnitError,
+)
+from .image import (
+    direction,
+    make_image,
+    origin,
+    physical_bbox,
+    select_box,
+    spacing,
+    to_units,
+    units,
+)
+from .io.read import open_image
+from .io.write import to_ome_zarr
+from .pyramid import levels, select_level, to_pyramid
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CatalogError",
+    "InputError",
+    "InputNotFoundError",
+    "MissingSpacingError",
+    "NgffregError",
+    "OrientationError",
+    "OutputError",
+    "UnitError",
+    "__version__",
+    "direction",
+    "levels",
+    "make_image",
+    "open_image",
+    "origin",
+    "physical_bbox",
+    "select_box",
+    "select_level",
+    "spacing",
+    "to_ome_zarr",
+    "to_pyramid",
+    "to_units",
+    "units",
+]

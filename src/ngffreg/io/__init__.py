@@ -1,0 +1,1 @@
+"""Readers and writers: every format in, OME-Zarr out."""
