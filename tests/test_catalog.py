@@ -130,7 +130,7 @@ def test_verify_detects_corruption_and_keeps_local_file(
     monkeypatch.setenv("NGFFREG_DATA_DIR", str(tmp_path / "data"))
     assert catalog.fetch("greedy/phantom01_rigid") == bad  # existence only, no hashing
     assert not catalog.verify("greedy/phantom01_rigid")
-    with pytest.raises(CatalogError, match="phantom01_rigid.mat") as info:
+    with pytest.raises(CatalogError, match=r"phantom01_rigid\.mat") as info:
         catalog.fetch("greedy/phantom01_rigid", verify=True)
     assert DATASETS["greedy/phantom01_rigid"]["sha256"] in str(info.value)
     assert bad.is_file()
@@ -146,8 +146,9 @@ def test_catalog_entries_are_complete() -> None:
     )
     for name in STORED:
         entry = DATASETS[name]
-        for key in ("path", "format", "origin", "licence", "sha256", "dtype", "description"):
-            assert entry.get(key) is not None or key == "dtype", (name, key)
+        for key in ("path", "format", "origin", "licence", "sha256", "description"):
+            assert entry.get(key), (name, key)
+        assert {"shape", "voxel_size", "unit", "dtype", "orientation"} <= set(entry), name
         assert {"repository", "path", "url"} <= set(entry["origin"]), name
         assert entry["origin"]["url"].startswith("https://raw.githubusercontent.com/"), name
         assert len(entry["sha256"]) == 64, name
@@ -234,7 +235,7 @@ def test_bad_checksum_download_leaves_nothing(
     source.write_bytes(b"not the expected content")
     _use_catalog(tmp_path, monkeypatch, {"blob": _file_entry(source, "0" * 64)})
     monkeypatch.delenv("NGFFREG_DATA_DIR", raising=False)
-    with pytest.raises(CatalogError, match="blob.bin") as info:
+    with pytest.raises(CatalogError, match=r"blob\.bin") as info:
         catalog.fetch("blob")
     assert "0" * 64 in str(info.value) and _sha256(source) in str(info.value)
     assert not _files(tmp_path)
@@ -261,8 +262,14 @@ def test_folder_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         (src / f"plane_{i}.tif").write_bytes(bytes([i]) * 100)
     files = {p.name: _sha256(p) for p in src.iterdir()}
     origin = {"repository": "none", "path": "src", "url": src.as_uri() + "/{name}"}
-    entry = {"path": "f/planes", "kind": "folder", "format": "tiff-folder", "origin": origin,
-             "sha256": catalog.folder_digest(files), "files": files}  # fmt: skip
+    entry = {
+        "path": "f/planes",
+        "kind": "folder",
+        "format": "tiff-folder",
+        "origin": origin,
+        "sha256": catalog.folder_digest(files),
+        "files": files,
+    }
     bad = {**entry, "path": "f/bad", "files": {**files, "plane_1.tif": "1" * 64}}
     _use_catalog(tmp_path, monkeypatch, {"planes": entry, "bad": bad})
     monkeypatch.delenv("NGFFREG_DATA_DIR", raising=False)
@@ -270,7 +277,7 @@ def test_folder_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert folder == tmp_path / "cache" / "f" / "planes"
     assert sorted(p.name for p in folder.iterdir()) == sorted(files)
     assert catalog.verify("planes")
-    with pytest.raises(CatalogError, match="plane_1.tif"):
+    with pytest.raises(CatalogError, match=r"plane_1\.tif"):
         catalog.fetch("bad")
     assert not (tmp_path / "cache" / "f" / "bad" / "plane_1.tif").exists()
     with pytest.raises(CatalogError):  # an incomplete folder never counts as present
@@ -292,8 +299,8 @@ def test_verify_redownloads_corrupt_cache(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_generate_calls_generator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    entry = {"kind": "generated", "generator": "numpy:full",
-             "parameters": {"shape": [2, 3], "fill_value": 7}}  # fmt: skip
+    params = {"shape": [2, 3], "fill_value": 7}
+    entry = {"kind": "generated", "generator": "numpy:full", "parameters": params}
     broken = {"kind": "generated", "generator": "numpy:no_such_function"}
     _use_catalog(tmp_path, monkeypatch, {"gen": entry, "broken": broken})
     out = catalog.generate("gen")

@@ -199,17 +199,15 @@ def _download(url: str, target: Path, expected: str, cache: Path) -> None:
 
 
 def _unavailable(name: str, entry: Mapping[str, Any], cache: Path, reason: str) -> CatalogError:
-    rel = entry["path"]
+    rel, local = entry["path"], data_dir()
     url = (entry.get("origin") or {}).get("url")
-    local = data_dir()
-    where = (
-        f"{DATA_DIR_ENV}={local} does not hold {rel}" if local else f"{DATA_DIR_ENV} is not set"
-    )
+    where = f"{local} does not hold {rel}" if local else "is not set"
     return CatalogError(
-        f"Dataset {name!r} is not available: {where}, the download cache {cache} does not "
-        f"hold it, and {reason}. To fix this, either set {DATA_DIR_ENV} to a folder that holds "
-        f"'{rel}' (e.g. the project's shared/data folder), or allow network access to {url} "
-        f"so that fetch() can download it into {cache} (set {CACHE_DIR_ENV} to cache elsewhere)."
+        f"Dataset {name!r} is not available: {DATA_DIR_ENV} {where}, the download cache "
+        f"{cache} does not hold it, and {reason}. To fix this, either set {DATA_DIR_ENV} to a "
+        f"folder that holds '{rel}' (e.g. the project's shared/data folder), or allow network "
+        f"access to {url} so that fetch() can download it into {cache} (set {CACHE_DIR_ENV} "
+        "to cache elsewhere)."
     )
 
 

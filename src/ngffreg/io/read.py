@@ -147,8 +147,11 @@ def _open_itk(path: Path, voxel_size, unit, name) -> xr.DataArray:
     if components > 1:
         shape = (*shape, components)
 
-    def load(p=str(path)) -> np.ndarray:
-        return np.asarray(itk.array_from_image(itk.imread(p)))
+    def load(p=str(path), dtype=dtype, scalar=components == 1) -> np.ndarray:
+        # ITK's Python wrapping lacks int8 and int64 images: read those through a wider type
+        wider = {"i1": itk.SS, "i8": itk.D}.get(dtype.str[1:]) if scalar else None
+        image = itk.imread(p, wider) if wider is not None else itk.imread(p)
+        return np.asarray(itk.array_from_image(image)).astype(dtype, copy=False)
 
     data = da.from_delayed(dask.delayed(load)(), shape=shape, dtype=dtype)
     if components > 1:
