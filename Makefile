@@ -12,7 +12,6 @@ $(PY):
 
 # Reinstall only when the dependency declarations change; pip's cache is kept.
 $(STAMP): $(PY) pyproject.toml constraints.txt
-	$(PY) -m pip install --upgrade "pip>=24"
 	$(PY) -m pip install -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 

@@ -8,10 +8,10 @@ import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import raise_if_dask_computes
 
 import ngffreg
-from ngffreg.image import index_to_physical, is_signed_permutation, normalize_direction
+from conftest import raise_if_dask_computes
+from ngffreg.image import index_to_physical, is_signed_permutation
 from ngffreg.pyramid import downsample, level, level_factors, levels
 from ngffreg.synthetic import synthetic_volume
 
@@ -25,7 +25,9 @@ def _signed_permutations():
             yield d
 
 
-@pytest.mark.parametrize("d", list(_signed_permutations()), ids=lambda d: str(d.astype(int).tolist()))
+@pytest.mark.parametrize(
+    "d", list(_signed_permutations()), ids=lambda d: str(d.astype(int).tolist())
+)
 def test_signed_permutation_normalisation_keeps_physical_positions(d):
     rng = np.random.default_rng(0)
     data = rng.integers(0, 1000, size=(5, 6, 7))
@@ -68,7 +70,7 @@ def test_non_orthonormal_direction_is_refused():
 
 @pytest.mark.parametrize("bad", [(0, 1, 1), (1, -2, 1), (1, np.nan, 1), (1, 2)])
 def test_bad_spacing_is_refused(bad):
-    with pytest.raises(ngffreg.InputError, match="(?i)voxel size|3 values|finite"):
+    with pytest.raises(ngffreg.InputError, match=r"(?i)voxel size|3 values|finite"):
         ngffreg.make_image(np.zeros((2, 2, 2)), spacing=bad)
 
 

@@ -28,7 +28,7 @@ from .image import (
 )
 from .io.read import open_image
 from .io.write import to_ome_zarr
-from .pyramid import levels, select_level, to_pyramid
+from .pyramid import level, levels, select_level, to_pyramid
 
 __version__ = "0.1.0"
 
@@ -43,6 +43,7 @@ __all__ = [
     "UnitError",
     "__version__",
     "direction",
+    "level",
     "levels",
     "make_image",
     "open_image",

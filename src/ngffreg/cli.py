@@ -19,7 +19,10 @@ from .errors import NgffregError
 
 def _add_input_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--voxel-size", nargs=3, type=float, metavar=("Z", "Y", "X"),
+        "--voxel-size",
+        nargs=3,
+        type=float,
+        metavar=("Z", "Y", "X"),
         help="voxel size in z, y, x order (required where the file has none, e.g. plain TIFF)",
     )
     p.add_argument("--unit", help="length unit of --voxel-size, e.g. micrometer (um), millimeter")
@@ -34,24 +37,41 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     conv = sub.add_parser(
-        "convert", help="convert a volume to an OME-Zarr pyramid",
+        "convert",
+        help="convert a volume to an OME-Zarr pyramid",
         description="Convert TIFF, NIfTI, NRRD, MHA, N5, Zarr or OME-Zarr into an OME-Zarr "
         "pyramid that places every voxel at its physical position.",
     )
     conv.add_argument("input", type=Path, help="input file or folder")
     conv.add_argument("output", type=Path, help="output store, e.g. OUT.ome.zarr")
     _add_input_options(conv)
-    conv.add_argument("--chunks", type=int, default=128, metavar="N", help="chunk edge (default 128)")
     conv.add_argument(
-        "--shards", type=int, default=None, metavar="K",
+        "--chunks", type=int, default=128, metavar="N", help="chunk edge (default 128)"
+    )
+    conv.add_argument(
+        "--shards",
+        type=int,
+        default=None,
+        metavar="K",
         help="chunks per shard along each axis (OME-Zarr 0.5/0.6 only)",
     )
     conv.add_argument("--ngff-version", choices=("0.4", "0.5", "0.6"), default="0.5")
-    conv.add_argument("--levels", type=int, default=None, metavar="L",
-                      help="number of pyramid levels (default: until the volume is small)")
-    conv.add_argument("--method", choices=("mean", "gaussian", "nearest"), default="mean",
-                      help="anti-aliasing of the pyramid; 'nearest' for label images")
-    conv.add_argument("--input-level", type=int, default=0, help="level to read from a pyramid input")
+    conv.add_argument(
+        "--levels",
+        type=int,
+        default=None,
+        metavar="L",
+        help="number of pyramid levels (default: until the volume is small)",
+    )
+    conv.add_argument(
+        "--method",
+        choices=("mean", "gaussian", "nearest"),
+        default="mean",
+        help="anti-aliasing of the pyramid; 'nearest' for label images",
+    )
+    conv.add_argument(
+        "--input-level", type=int, default=0, help="level to read from a pyramid input"
+    )
     conv.add_argument("--overwrite", action="store_true", help="replace an existing output")
     conv.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -70,12 +90,20 @@ def _convert(args: argparse.Namespace) -> int:
     from .io.read import open_image
     from .io.write import to_ome_zarr
 
-    image = open_image(args.input, voxel_size=args.voxel_size, unit=args.unit, level=args.input_level)
+    image = open_image(
+        args.input, voxel_size=args.voxel_size, unit=args.unit, level=args.input_level
+    )
     start = time.perf_counter()
     out = to_ome_zarr(
-        image, args.output, version=args.ngff_version, chunks=args.chunks,
-        chunks_per_shard=args.shards, n_levels=args.levels, method=args.method,
-        overwrite=args.overwrite, progress=not args.quiet,
+        image,
+        args.output,
+        version=args.ngff_version,
+        chunks=args.chunks,
+        chunks_per_shard=args.shards,
+        n_levels=args.levels,
+        method=args.method,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
     )
     print(f"wrote {out} in {time.perf_counter() - start:.1f} s")
     print(format_info(describe_path(out)))

@@ -281,9 +281,7 @@ def physical_bbox(image: xr.DataArray) -> tuple[np.ndarray, np.ndarray]:
     return pts.min(axis=0), pts.max(axis=0)
 
 
-def select_box(
-    image: xr.DataArray, lower: Any, upper: Any, *, margin: float = 0.0
-) -> xr.DataArray:
+def select_box(image: xr.DataArray, lower: Any, upper: Any, *, margin: float = 0.0) -> xr.DataArray:
     """The lazy block of ``image`` whose voxel centres lie in the physical box
     ``[lower - margin, upper + margin]`` (z, y, x, in the image's units).
 
@@ -303,9 +301,7 @@ def select_box(
         frame = corners @ d
         lo, hi = frame.min(axis=0), frame.max(axis=0)
     eps = 1e-9 * np.maximum(1.0, np.abs(np.concatenate([lo, hi]))).max()
-    block = image.sel(
-        {dim: slice(lo[k] - eps, hi[k] + eps) for k, dim in enumerate(SPATIAL_DIMS)}
-    )
+    block = image.sel({dim: slice(lo[k] - eps, hi[k] + eps) for k, dim in enumerate(SPATIAL_DIMS)})
     if any(block.sizes[dim] == 0 for dim in SPATIAL_DIMS):
         blo, bhi = physical_bbox(image)
         raise InputError(

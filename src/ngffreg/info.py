@@ -77,7 +77,9 @@ def format_info(info: dict) -> str:
     ]
     src = np.asarray(info.get("source_direction", d))
     if not np.allclose(src, d):
-        lines.append(f"  source direction (normalised by flipping/transposing) {src.round(6).tolist()}")
+        lines.append(
+            f"  source direction (normalised by flipping/transposing) {src.round(6).tolist()}"
+        )
     lines.append(f"  chunks     {_fmt(info['chunks']) if info.get('chunks') else '-'}")
     lines.append(f"  levels     {len(info['levels'])}")
     for lv in info["levels"]:

@@ -77,7 +77,11 @@ def _downsample_array(
             sigma[ax] = 0.5 * math.sqrt(f * f - 1) if f > 1 else 0.0
         depth = {ax: math.ceil(4 * s) for ax, s in enumerate(sigma)}
         arr = arr.astype(np.float32).map_overlap(
-            ndimage.gaussian_filter, depth=depth, boundary="none", sigma=sigma, mode="nearest",
+            ndimage.gaussian_filter,
+            depth=depth,
+            boundary="none",
+            sigma=sigma,
+            mode="nearest",
             dtype=np.float32,
         )
     arr = _aligned(arr, axes, factors)
@@ -136,7 +140,7 @@ def to_pyramid(
     image: xr.DataArray,
     *,
     n_levels: int | None = None,
-    min_size: int = 32,
+    min_size: int | None = None,
     method: Method = "mean",
     chunks: int | Sequence[int] = DEFAULT_CHUNKS,
 ) -> xr.DataTree:
@@ -149,8 +153,9 @@ def to_pyramid(
     n_levels : int, optional
         Number of levels including the full-resolution one; default, until no axis can be
         halved without dropping below ``min_size`` voxels.
-    min_size : int
-        Smallest axis length a downsampling step may produce.
+    min_size : int, optional
+        Smallest axis length a downsampling step may produce: default 32 when ``n_levels``
+        is not given, else 1 (the levels asked for are made unless an axis would vanish).
     method : {"mean", "gaussian", "nearest"}
         Anti-aliasing: block mean, Gaussian then block mean, or centre pick (for labels).
     chunks : int or (z, y, x)
@@ -163,6 +168,8 @@ def to_pyramid(
         Nothing is computed.
     """
     name = image.name or "image"
+    if min_size is None:
+        min_size = 32 if n_levels is None else 1
     factors = level_factors(
         [image.sizes[d] for d in SPATIAL_DIMS], spacing(image), n_levels=n_levels, min_size=min_size
     )
@@ -175,8 +182,10 @@ def to_pyramid(
             absolute = absolute * np.asarray(f)
             current = _rechunk(downsample(current, f, method=method), chunks)
         ds = current.rename(name).to_dataset(promote_attrs=False)
-        ds.attrs = {"factors": list(factors[k - 1]) if k else [1, 1, 1],
-                    "absolute_factors": [int(v) for v in absolute]}
+        ds.attrs = {
+            "factors": list(factors[k - 1]) if k else [1, 1, 1],
+            "absolute_factors": [int(v) for v in absolute],
+        }
         tree[f"scale{k}"] = ds
     root = xr.Dataset(attrs={"multiscaleSpatialImageVersion": 1, "method": method, "name": name})
     return xr.DataTree.from_dict({"/": root, **tree})
@@ -188,7 +197,9 @@ def levels(pyramid: xr.DataTree) -> list[xr.DataArray]:
     keys = sorted((k for k in pyramid.children if k.startswith("scale")), key=lambda k: int(k[5:]))
     if not keys:
         raise InputError("Not a pyramid: no /scale0 group. Build one with ngffreg.to_pyramid.")
-    return [pyramid[k].ds[name] if name in pyramid[k].ds else _only_var(pyramid[k].ds) for k in keys]
+    return [
+        pyramid[k].ds[name] if name in pyramid[k].ds else _only_var(pyramid[k].ds) for k in keys
+    ]
 
 
 def _only_var(ds: xr.Dataset) -> xr.DataArray:
@@ -225,7 +236,9 @@ def select_level(
                 best = i
         return best
     if memory_budget is not None:
-        budget = parse_bytes(memory_budget) if isinstance(memory_budget, str) else int(memory_budget)
+        budget = (
+            parse_bytes(memory_budget) if isinstance(memory_budget, str) else int(memory_budget)
+        )
         per = bytes_per_voxel if bytes_per_voxel is not None else lv[0].dtype.itemsize
         max_voxels = int(budget / per)
     for i, level in enumerate(lv):

@@ -37,8 +37,10 @@ def _block(block_info=None, *, shape, blobs, out_dtype, noise):
         out = out + w * np.exp(-d2) * (r2 < 1.0)
     if noise:
         iz, iy, ix = np.meshgrid(
-            np.arange(z0, z1, dtype=np.uint64), np.arange(y0, y1, dtype=np.uint64),
-            np.arange(x0, x1, dtype=np.uint64), indexing="ij",
+            np.arange(z0, z1, dtype=np.uint64),
+            np.arange(y0, y1, dtype=np.uint64),
+            np.arange(x0, x1, dtype=np.uint64),
+            indexing="ij",
         )
         h = (iz * np.uint64(73856093)) ^ (iy * np.uint64(19349663)) ^ (ix * np.uint64(83492791))
         h = (h * np.uint64(2654435761)) % np.uint64(1 << 16)
@@ -86,11 +88,20 @@ def synthetic_volume(
     shape = tuple(int(n) for n in shape)
     blobs = _blobs(seed, n_blobs)
     data = da.map_blocks(
-        _block, dtype=np.dtype(dtype), shape=shape, blobs=blobs, out_dtype=np.dtype(dtype), noise=noise,
+        _block,
+        dtype=np.dtype(dtype),
+        shape=shape,
+        blobs=blobs,
+        out_dtype=np.dtype(dtype),
+        noise=noise,
         chunks=da.core.normalize_chunks(chunks, shape, dtype=np.dtype(dtype)),
         meta=np.empty((0, 0, 0), dtype),
     )
     return make_image(
-        data, spacing=spacing, origin=origin, unit=unit, name="image",
+        data,
+        spacing=spacing,
+        origin=origin,
+        unit=unit,
+        name="image",
         attrs={"source": f"ngffreg.synthetic:synthetic_volume(shape={shape}, seed={seed})"},
     )

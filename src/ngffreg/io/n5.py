@@ -59,7 +59,9 @@ def _decompress(raw: bytes, compression: dict[str, Any]) -> bytes:
 
         codec = numcodecs.Blosc() if kind == "blosc" else numcodecs.Zstd()
         return bytes(codec.decode(raw))
-    raise InputError(f"N5 compression {kind!r} is not supported (raw, gzip, bzip2, xz, blosc, zstd).")
+    raise InputError(
+        f"N5 compression {kind!r} is not supported (raw, gzip, bzip2, xz, blosc, zstd)."
+    )
 
 
 class N5Array:
@@ -72,7 +74,8 @@ class N5Array:
             self._stored = np.dtype(">" + _DTYPES[attrs["dataType"]])
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(
-                f"N5 dataset {path} has incomplete metadata (dimensions, blockSize, dataType): {exc}."
+                f"N5 dataset {path} has incomplete metadata "
+                f"(dimensions, blockSize, dataType): {exc}."
             ) from exc
         self.dtype = self._stored.newbyteorder("=")
         self.path, self.compression = path, attrs.get("compression", {"type": "raw"})
@@ -83,7 +86,8 @@ class N5Array:
     def read_block(self, grid_xyz: tuple[int, ...]) -> np.ndarray:
         """One block in (z, y, x) order, zero-filled where the block file is absent."""
         expected = [
-            min(b, d - g * b) for g, b, d in zip(grid_xyz, self.block_xyz, self.dims_xyz, strict=True)
+            min(b, d - g * b)
+            for g, b, d in zip(grid_xyz, self.block_xyz, self.dims_xyz, strict=True)
         ]
         f = self.path.joinpath(*map(str, grid_xyz))
         if not f.is_file():
@@ -97,12 +101,34 @@ class N5Array:
         block = np.frombuffer(data, self._stored, count=n).reshape(tuple(reversed(size)))
         return block.astype(self.dtype)
 
-    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
-        key = tuple(key) + (slice(None),) * (self.ndim - len(key))
-        ranges = [k.indices(n) for k, n in zip(key, self.shape, strict=True)]
-        start = [r[0] for r in ranges]
-        stop = [r[1] for r in ranges]
+    def __getitem__(self, key: Any) -> np.ndarray:
+        # dask fuses later indexing into this call: keys may be ints or index arrays too;
+        # read the bounding box of each axis' selection, then index it axis by axis
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (self.ndim - len(key))
+        start, stop, rest = [], [], []
+        for k, n in zip(key, self.shape, strict=True):
+            if isinstance(k, slice) and k.step in (None, 1):
+                a, b, _ = k.indices(n)
+                start.append(a)
+                stop.append(max(a, b))
+                rest.append(slice(None))
+            else:
+                idx = np.arange(n)[k]
+                a = int(idx.min()) if idx.size else 0
+                start.append(a)
+                stop.append(int(idx.max()) + 1 if idx.size else 0)
+                rest.append(idx - a)
+        out = self._read_box(start, stop)
+        for ax in reversed(range(self.ndim)):
+            if not isinstance(rest[ax], slice):
+                out = out[(slice(None),) * ax + (rest[ax],)]
+        return out
+
+    def _read_box(self, start: list[int], stop: list[int]) -> np.ndarray:
         out = np.zeros([b - a for a, b in zip(start, stop, strict=True)], self.dtype)
+        if out.size == 0:
+            return out
         first = [a // c for a, c in zip(start, self.chunks, strict=True)]
         last = [(b - 1) // c for b, c in zip(stop, self.chunks, strict=True)]
         for idx in np.ndindex(*[l_ - f + 1 for f, l_ in zip(first, last, strict=True)]):
@@ -145,6 +171,11 @@ def open_n5(path: Path, *, level: int = 0) -> tuple[da.Array, tuple[float, ...] 
     Returns the (z, y, x) dask array, voxel size (z, y, x) or None, and the unit or None.
     """
     attrs = read_attributes(path)
+    if "dimensions" in attrs and level:
+        raise InputError(
+            f"{path} is a single N5 dataset; level {level} does not exist. Open its multiscale "
+            "group (the folder holding s0, s1, …) to choose a level."
+        )
     if "dimensions" not in attrs:
         sub = path / f"s{level}"
         if not is_n5(sub):
@@ -156,7 +187,8 @@ def open_n5(path: Path, *, level: int = 0) -> tuple[da.Array, tuple[float, ...] 
         group_attrs = attrs
         path, attrs = sub, read_attributes(sub)
         if "pixelResolution" not in attrs and "resolution" not in attrs:
-            attrs = {**{k: v for k, v in group_attrs.items() if k != "downsamplingFactors"}, **attrs}
+            inherited = {k: v for k, v in group_attrs.items() if k != "downsamplingFactors"}
+            attrs = {**inherited, **attrs}
     arr = N5Array(path, attrs)
     data = da.from_array(arr, chunks=arr.chunks, asarray=False, name=f"n5-{path.resolve()}")
     spacing, unit = n5_voxel_size(attrs)

@@ -103,7 +103,8 @@ def _resolve_spacing(
     if found is None or any(v is None for v in np.atleast_1d(np.asarray(found, dtype=object))):
         raise MissingSpacingError(
             f"{where} carries no voxel size. Pass it in z, y, x order, e.g. "
-            "`--voxel-size 50 40 40 --unit micrometer` (Python: voxel_size=(50, 40, 40), unit='um')."
+            "`--voxel-size 50 40 40 --unit micrometer` "
+            "(Python: voxel_size=(50, 40, 40), unit='um')."
         )
     chosen = unit or found_unit
     if chosen is None:
@@ -147,11 +148,12 @@ def _open_itk(path: Path, voxel_size, unit, name) -> xr.DataArray:
     if components > 1:
         shape = (*shape, components)
 
-    def load(p=str(path), dtype=dtype, scalar=components == 1) -> np.ndarray:
+    def load(p=str(path), dtype=dtype, scalar=components == 1, shape=shape) -> np.ndarray:
         # ITK's Python wrapping lacks int8 and int64 images: read those through a wider type
         wider = {"i1": itk.SS, "i8": itk.D}.get(dtype.str[1:]) if scalar else None
         image = itk.imread(p, wider) if wider is not None else itk.imread(p)
-        return np.asarray(itk.array_from_image(image)).astype(dtype, copy=False)
+        # reshape: a 4-D file with one time point is declared 3-D above
+        return np.asarray(itk.array_from_image(image)).astype(dtype, copy=False).reshape(shape)
 
     data = da.from_delayed(dask.delayed(load)(), shape=shape, dtype=dtype)
     if components > 1:
@@ -178,7 +180,7 @@ def _open_ome_zarr(path: Path, level: int, voxel_size, unit, name) -> xr.DataArr
 
     try:
         ms = ngff_zarr.from_ngff_zarr(str(path))
-    except (ValueError, KeyError, TypeError, json.JSONDecodeError, OSError) as exc:
+    except Exception as exc:  # ngff-zarr and zarrista raise many types for broken metadata
         raise InputError(
             f"Cannot read the OME-Zarr metadata of {path}: {exc}. The store may be corrupted; "
             "rewrite it with `ngffreg convert`."
@@ -221,9 +223,10 @@ def _open_zarr_array(path: Path, voxel_size, unit, name) -> xr.DataArray:
         ) from exc
     if isinstance(node, zarr.Group):
         arrays = sorted(k for k, _ in node.arrays())
+        example = path / (arrays[0] if arrays else "ARRAY")
         raise InputError(
             f"{path} is a Zarr group without OME-NGFF metadata; open one of its arrays "
-            f"({', '.join(arrays) or 'none'}) by path, e.g. {path / (arrays[0] if arrays else 'ARRAY')}."
+            f"({', '.join(arrays) or 'none'}) by path, e.g. {example}."
         )
     data = da.from_zarr(node)
     spacing, chosen_unit = _resolve_spacing(None, None, voxel_size, unit, str(path))
@@ -270,6 +273,11 @@ def open_image(
     """
     path = Path(path).expanduser()
     fmt = detect_format(path)
+    if level and fmt in ("itk", "zarr", "tiff", "tiff-folder"):
+        raise InputError(
+            f"{path} ({fmt}) holds a single resolution level; level {level} does not exist. "
+            "Use level=0, or convert it to a pyramid with `ngffreg convert` first."
+        )
     if fmt == "itk":
         return _open_itk(path, voxel_size, unit, name)
     if fmt == "ome-zarr":

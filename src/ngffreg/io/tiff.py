@@ -79,7 +79,7 @@ def _imagej_voxel_size(tf: tifffile.TiffFile) -> TiffVoxelSize | None:
         yx.append(den / num if num else None)
     z = ij.get("spacing")
     unit = ij.get("unit")
-    if unit in (None, "pixel", "") and z is None:
+    if unit in (None, "pixel", ""):  # ImageJ's "pixel" (or no unit): uncalibrated
         return None
     return TiffVoxelSize((float(z) if z else None, *yx), unit or None, "ImageJ")  # type: ignore[arg-type]
 
@@ -110,18 +110,32 @@ class _PlaneStack:
             )
         return plane
 
-    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
+    def __getitem__(self, key: Any) -> np.ndarray:
+        # dask fuses later indexing into this call: keys may be ints or index arrays too
+        key = key if isinstance(key, tuple) else (key,)
         key = key + (slice(None),) * (3 - len(key))
-        zs = range(*key[0].indices(self.shape[0]))
-        out = np.empty((len(zs), *self.shape[1:]), self.dtype)
+        zs = np.arange(self.shape[0])[key[0]]
+        out = np.empty((np.size(zs), *self.shape[1:]), self.dtype)
         tf = tifffile.TiffFile(self.path) if self.files is None else None
         try:
-            for k, i in enumerate(zs):
-                out[k] = self._plane(i, tf)
+            for k, i in enumerate(np.atleast_1d(zs)):
+                out[k] = self._plane(int(i), tf)
         finally:
             if tf is not None:
                 tf.close()
-        return out[(slice(None), *key[1:])]
+        if np.ndim(zs) == 0:
+            out = out[0]
+        return _index_orthogonal(out, key[1:], first_axis=np.ndim(zs))
+
+
+def _index_orthogonal(arr: np.ndarray, key: tuple[Any, ...], first_axis: int) -> np.ndarray:
+    """Apply ``key`` (one entry per axis from ``first_axis`` on) axis by axis, last axis
+    first, so index arrays select orthogonally as dask expects."""
+    for ax in reversed(range(len(key))):
+        k = key[ax]
+        if not (isinstance(k, slice) and k == slice(None)):
+            arr = arr[(slice(None),) * (first_axis + ax) + (k,)]
+    return arr
 
 
 def _planes_per_chunk(plane_shape: tuple[int, ...], dtype: np.dtype) -> int:

@@ -18,6 +18,7 @@ import contextlib
 import errno
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -92,7 +93,8 @@ def _check_destination(path: Path, overwrite: bool) -> None:
     parent = path.parent
     if not parent.is_dir():
         raise OutputError(
-            errno.ENOENT, f"Cannot write {path}: the folder {parent} does not exist. Create it first."
+            errno.ENOENT,
+            f"Cannot write {path}: the folder {parent} does not exist. Create it first.",
         )
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(
@@ -116,7 +118,9 @@ def _store_level(data: da.Array, target: Path) -> None:
 
     arr = zarr.open_array(str(target), mode="r+")
     if tuple(arr.shape) != tuple(data.shape):
-        raise OutputError(errno.EIO, f"Internal error: {target} has shape {arr.shape}, data {data.shape}.")
+        raise OutputError(
+            errno.EIO, f"Internal error: {target} has shape {arr.shape}, data {data.shape}."
+        )
     grid = arr.shards or arr.chunks
     data = data.rechunk(tuple(min(g, n) for g, n in zip(grid, data.shape, strict=True)))
     da.store(data, arr, lock=False, compute=True)
@@ -179,7 +183,9 @@ def to_ome_zarr(
     if version not in NGFF_VERSIONS:
         raise InputError(f"OME-Zarr version {version!r} is not supported: use 0.4, 0.5 or 0.6.")
     if chunks_per_shard is not None and version == "0.4":
-        raise InputError("Sharding needs Zarr v3: use OME-Zarr 0.5 or 0.6, or drop the shards option.")
+        raise InputError(
+            "Sharding needs Zarr v3: use OME-Zarr 0.5 or 0.6, or drop the shards option."
+        )
     path = Path(path).expanduser().absolute()
     _check_destination(path, overwrite)
 
@@ -201,10 +207,12 @@ def to_ome_zarr(
     }
     tmp = path.parent / f".{path.name}.incomplete-{uuid.uuid4().hex[:8]}"
     try:
-        _write_levels(lv, tmp, name, version, chunks_per_shard, root_attrs, derive, method, progress)
+        _write_levels(
+            lv, tmp, name, version, chunks_per_shard, root_attrs, derive, method, progress
+        )
         _swap_into_place(tmp, path)
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_tree(tmp)
         if isinstance(exc, OutputError):
             raise
         raise OutputError(
@@ -213,7 +221,7 @@ def to_ome_zarr(
             "choose another location and run again.",
         ) from exc
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_tree(tmp)
         raise
     return path
 
@@ -247,7 +255,17 @@ def _write_levels(lv, tmp, name, version, chunks_per_shard, root_attrs, derive, 
 
 
 def _factors_between(fine: xr.DataArray, coarse: xr.DataArray) -> list[int]:
-    return [int(round(c / f)) for f, c in zip(spacing(fine), spacing(coarse), strict=True)]
+    return [round(c / f) for f, c in zip(spacing(fine), spacing(coarse), strict=True)]
+
+
+def _remove_tree(path: Path, settle: float = 0.2, tries: int = 25) -> None:
+    """Remove ``path`` for good: after a failed task, chunk writes still in flight on other
+    threads may recreate folders for a moment, so remove until it stays gone."""
+    for _ in range(tries):
+        shutil.rmtree(path, ignore_errors=True)
+        time.sleep(settle)
+        if not path.exists():
+            return
 
 
 def _swap_into_place(tmp: Path, path: Path) -> None:
@@ -261,4 +279,6 @@ def _swap_into_place(tmp: Path, path: Path) -> None:
 
 
 def _abs_source(source: Any) -> Any:
-    return str(Path(source).absolute()) if isinstance(source, str) and "://" not in source else source
+    return (
+        str(Path(source).absolute()) if isinstance(source, str) and "://" not in source else source
+    )
