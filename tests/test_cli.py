@@ -17,12 +17,17 @@ from ngffreg.cli import main
 from ngffreg.synthetic import synthetic_volume
 
 NGFFREG = Path(sys.executable).with_name("ngffreg")
+VOXEL_UM = ("--voxel-size", "1", "1", "1", "--unit", "um")
 
 
 def _stack(tmp_path: Path) -> Path:
     path = tmp_path / "stack.tif"
     tifffile.imwrite(path, synthetic_volume((12, 20, 24)).values)
     return path
+
+
+def _convert_argv(src: Path, out: Path, *options: str) -> list[str]:
+    return ["convert", str(src), str(out), *options]
 
 
 def _leftovers(folder: Path, out: Path) -> list[str]:
@@ -41,27 +46,8 @@ def _fails(argv: list[str], capsys, *needles: str) -> str:
 
 def test_convert_then_info_json(tmp_path, capsys):
     out = tmp_path / "s.ome.zarr"
-    assert (
-        main(
-            [
-                "convert",
-                str(_stack(tmp_path)),
-                str(out),
-                "--voxel-size",
-                "2",
-                "1",
-                "1",
-                "--unit",
-                "um",
-                "--chunks",
-                "8",
-                "--levels",
-                "2",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    options = ("--voxel-size", "2", "1", "1", "--unit", "um", "--chunks", "8", "--levels", "2")
+    assert main(_convert_argv(_stack(tmp_path), out, *options, "--quiet")) == 0
     capsys.readouterr()
     assert main(["info", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -82,7 +68,7 @@ def test_info_text_reports_source_direction(dataset, capsys):
 
 def test_missing_input(tmp_path, capsys):
     out = tmp_path / "o.ome.zarr"
-    _fails(["convert", str(tmp_path / "nope.nii.gz"), str(out)], capsys, "No such file")
+    _fails(_convert_argv(tmp_path / "nope.nii.gz", out), capsys, "No such file")
     assert not out.exists()
 
 
@@ -90,7 +76,7 @@ def test_empty_folder(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     out = tmp_path / "o.ome.zarr"
     _fails(
-        ["convert", str(tmp_path / "empty"), str(out), "--voxel-size", "1", "1", "1"],
+        _convert_argv(tmp_path / "empty", out, "--voxel-size", "1", "1", "1"),
         capsys,
         "empty",
     )
@@ -101,13 +87,13 @@ def test_two_d_input(tmp_path, capsys):
     flat = tmp_path / "flat.tif"
     tifffile.imwrite(flat, np.zeros((20, 30), "uint16"))
     out = tmp_path / "o.ome.zarr"
-    _fails(["convert", str(flat), str(out), "--voxel-size", "1", "1", "1"], capsys, "3-D")
+    _fails(_convert_argv(flat, out, "--voxel-size", "1", "1", "1"), capsys, "3-D")
     assert _leftovers(tmp_path, out) == []
 
 
 def test_tiff_without_voxel_size(tmp_path, capsys):
     out = tmp_path / "o.ome.zarr"
-    _fails(["convert", str(_stack(tmp_path)), str(out)], capsys, "no voxel size", "--voxel-size")
+    _fails(_convert_argv(_stack(tmp_path), out), capsys, "no voxel size", "--voxel-size")
     assert _leftovers(tmp_path, out) == []
 
 
@@ -115,7 +101,7 @@ def test_tiff_without_voxel_size(tmp_path, capsys):
 def test_zero_or_negative_spacing(tmp_path, capsys, size):
     out = tmp_path / "o.ome.zarr"
     _fails(
-        ["convert", str(_stack(tmp_path)), str(out), "--voxel-size", *size, "--unit", "um"],
+        _convert_argv(_stack(tmp_path), out, "--voxel-size", *size, "--unit", "um"),
         capsys,
         "positive",
     )
@@ -125,17 +111,7 @@ def test_zero_or_negative_spacing(tmp_path, capsys, size):
 def test_unknown_unit(tmp_path, capsys):
     out = tmp_path / "o.ome.zarr"
     _fails(
-        [
-            "convert",
-            str(_stack(tmp_path)),
-            str(out),
-            "--voxel-size",
-            "1",
-            "1",
-            "1",
-            "--unit",
-            "furlong",
-        ],
+        _convert_argv(_stack(tmp_path), out, "--voxel-size", "1", "1", "1", "--unit", "furlong"),
         capsys,
         "Unknown unit",
         "micrometer",
@@ -149,7 +125,7 @@ def test_corrupted_zarr_metadata(tmp_path, capsys, meta):
     ngffreg.to_ome_zarr(synthetic_volume((16, 16, 16)), src, chunks=8)
     (src / meta).write_text("{ this is not json")
     out = tmp_path / "o.ome.zarr"
-    err = _fails(["convert", str(src), str(out)], capsys)
+    err = _fails(_convert_argv(src, out), capsys)
     assert "corrupt" in err.lower() or "cannot" in err.lower()
     assert _leftovers(tmp_path, out) == []
 
@@ -159,7 +135,7 @@ def test_existing_output_without_overwrite(tmp_path, capsys):
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     _fails(
-        ["convert", str(_stack(tmp_path)), str(out), "--voxel-size", "1", "1", "1", "--unit", "um"],
+        _convert_argv(_stack(tmp_path), out, *VOXEL_UM),
         capsys,
         "already exists",
         "--overwrite",
@@ -177,18 +153,7 @@ def test_unwritable_output(tmp_path, capsys, where):
     else:
         out = tmp_path / "no" / "such" / "o.ome.zarr"
     _fails(
-        [
-            "convert",
-            str(_stack(tmp_path)),
-            str(out),
-            "--voxel-size",
-            "1",
-            "1",
-            "1",
-            "--unit",
-            "um",
-            "--quiet",
-        ],
+        _convert_argv(_stack(tmp_path), out, *VOXEL_UM, "--quiet"),
         capsys,
         "Cannot write" if where != "read-only-fs" else "",
     )

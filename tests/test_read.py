@@ -612,7 +612,7 @@ def test_level_beyond_a_single_level_format_is_refused(tmp_path, kind):
     data = np.arange(4 * 5 * 6, dtype="uint16").reshape(4, 5, 6)
     if kind == "tiff":
         path = tmp_path / "s.tif"
-        tifffile.imwrite(path, data)
+        tifffile.imwrite(path, data, photometric="minisblack")
     elif kind == "zarr":
         path = tmp_path / "a.zarr"
         zarr.create_array(str(path), shape=data.shape, chunks=(2, 2, 2), dtype=data.dtype)[:] = data

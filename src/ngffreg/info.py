@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from .image import describe
-from .io.read import _ome_version, detect_format, open_image
+from .io.read import detect_format, ome_version, open_image
 
 
 def _zarr_chunks(path: Path) -> tuple[list[int] | None, list[int] | None]:
@@ -33,7 +33,7 @@ def describe_path(path: str | Path, *, voxel_size: Any = None, unit: str | None 
         return info
     import ngff_zarr
 
-    version = _ome_version(path)
+    version = ome_version(path)
     ms = ngff_zarr.from_ngff_zarr(str(path))
     info["ngff_version"] = version
     first = open_image(path, voxel_size=voxel_size, unit=unit)

@@ -37,7 +37,7 @@ def detect_format(path: Path) -> str:
         if (path / "zarr.json").is_file() or (path / ".zarray").is_file() or (
             path / ".zgroup"
         ).is_file():
-            return "ome-zarr" if _ome_version(path) else "zarr"
+            return "ome-zarr" if ome_version(path) else "zarr"
         if n5.is_n5(path):
             return "n5"
         if tiff.tiff_files(path):
@@ -69,7 +69,7 @@ def _read_json(path: Path) -> dict[str, Any]:
         ) from exc
 
 
-def _ome_version(path: Path) -> str | None:
+def ome_version(path: Path) -> str | None:
     """The OME-Zarr version of a store, or None for plain Zarr."""
     if (path / "zarr.json").is_file():
         meta = _read_json(path / "zarr.json")
@@ -208,7 +208,7 @@ def _open_ome_zarr(path: Path, level: int, voxel_size, unit, name) -> xr.DataArr
     out_dims = tuple(dims[i] for i in order)
     return make_image(
         data, spacing=spacing, origin=origin, unit=chosen_unit, dims=out_dims, name=name,
-        attrs={"source": str(path), "format": f"ome-zarr-{_ome_version(path)}", "level": level},
+        attrs={"source": str(path), "format": f"ome-zarr-{ome_version(path)}", "level": level},
     )
 
 
