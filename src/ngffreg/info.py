@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 
 from .image import describe
-from .io.read import detect_format, ome_version, open_image
+from .io.read import detect_format, ome_version, open_levels
 
 
-def _zarr_chunks(path: Path) -> tuple[list[int] | None, list[int] | None]:
+def _zarr_chunks(path: Path) -> tuple[list[int], list[int] | None]:
     import zarr
 
     arr = zarr.open_array(str(path), mode="r")
@@ -23,32 +23,22 @@ def describe_path(path: str | Path, *, voxel_size: Any = None, unit: str | None 
     """A JSON-ready description of the volume at ``path`` (every level of an OME-Zarr)."""
     path = Path(path).expanduser()
     fmt = detect_format(path)
-    info: dict[str, Any] = {"path": str(path), "format": fmt}
-    if fmt != "ome-zarr":
-        image = open_image(path, voxel_size=voxel_size, unit=unit)
-        info.update(describe(image))
-        info["levels"] = [
-            {k: info[k] for k in ("shape", "spacing", "origin", "chunks")} | {"path": "."}
-        ]
-        return info
-    import ngff_zarr
-
-    version = ome_version(path)
-    ms = ngff_zarr.from_ngff_zarr(str(path))
-    info["ngff_version"] = version
-    first = open_image(path, voxel_size=voxel_size, unit=unit)
-    info.update(describe(first))
+    images = open_levels(path, voxel_size=voxel_size, unit=unit)
+    info: dict[str, Any] = {"path": str(path), "format": fmt, **describe(images[0])}
+    if fmt == "ome-zarr":
+        info["ngff_version"] = ome_version(path)
     levels = []
-    for k, (img, ds) in enumerate(zip(ms.images, ms.metadata.datasets, strict=True)):
-        chunks, shards = _zarr_chunks(path / ds.path)
-        spatial = ("z", "y", "x")
+    for k, image in enumerate(images):
+        level = describe(image)
+        array_path = image.attrs.get("array_path")
+        chunks, shards = _zarr_chunks(path / array_path) if array_path else (level["chunks"], None)
         levels.append(
             {
                 "level": k,
-                "path": ds.path,
-                "shape": [int(n) for n in img.data.shape],
-                "spacing": [float(img.scale[d]) for d in spatial],
-                "origin": [float(img.translation[d]) for d in spatial],
+                "path": array_path or ".",
+                "shape": level["shape"],
+                "spacing": level["spacing"],
+                "origin": level["origin"],
                 "chunks": chunks,
                 "shards": shards,
             }

@@ -175,18 +175,20 @@ def _itk_dtype(io) -> np.dtype:
     return np.dtype(names[io.GetComponentTypeAsString(io.GetComponentType())])
 
 
-def _open_ome_zarr(path: Path, level: int, voxel_size, unit, name) -> xr.DataArray:
+def _read_multiscales(path: Path):
     import ngff_zarr
 
     try:
-        ms = ngff_zarr.from_ngff_zarr(str(path))
+        return ngff_zarr.from_ngff_zarr(str(path))
     except Exception as exc:  # ngff-zarr and zarrista raise many types for broken metadata
         raise InputError(
             f"Cannot read the OME-Zarr metadata of {path}: {exc}. The store may be corrupted; "
             "rewrite it with `ngffreg convert`."
         ) from exc
-    if not 0 <= level < len(ms.images):
-        raise InputError(f"{path} has levels 0–{len(ms.images) - 1}; level {level} does not exist.")
+
+
+def _ome_level(path: Path, ms, level: int, voxel_size, unit, name) -> xr.DataArray:
+    """Level ``level`` of parsed OME-Zarr multiscales ``ms`` as a physical image."""
     img = ms.images[level]
     dims = tuple(img.dims)
     if not set(("z", "y", "x")) <= set(dims):
@@ -208,8 +210,20 @@ def _open_ome_zarr(path: Path, level: int, voxel_size, unit, name) -> xr.DataArr
     out_dims = tuple(dims[i] for i in order)
     return make_image(
         data, spacing=spacing, origin=origin, unit=chosen_unit, dims=out_dims, name=name,
-        attrs={"source": str(path), "format": f"ome-zarr-{ome_version(path)}", "level": level},
+        attrs={
+            "source": str(path),
+            "format": f"ome-zarr-{ome_version(path)}",
+            "level": level,
+            "array_path": ms.metadata.datasets[level].path,
+        },
     )
+
+
+def _open_ome_zarr(path: Path, level: int, voxel_size, unit, name) -> xr.DataArray:
+    ms = _read_multiscales(path)
+    if not 0 <= level < len(ms.images):
+        raise InputError(f"{path} has levels 0–{len(ms.images) - 1}; level {level} does not exist.")
+    return _ome_level(path, ms, level, voxel_size, unit, name)
 
 
 def _open_zarr_array(path: Path, voxel_size, unit, name) -> xr.DataArray:
@@ -300,3 +314,23 @@ def open_image(
         data, spacing=spacing, unit=chosen_unit, dims=dims, name=name,
         attrs={"source": str(path), "format": fmt},
     )
+
+
+def open_levels(
+    path: str | Path,
+    *,
+    voxel_size: Any = None,
+    unit: str | None = None,
+    name: str = "image",
+) -> list[xr.DataArray]:
+    """Every resolution level of a volume, finest first, lazily (see :func:`open_image`).
+
+    An OME-Zarr store is parsed once for all its levels; any other format has one level.
+    """
+    path = Path(path).expanduser()
+    if detect_format(path) != "ome-zarr":
+        return [open_image(path, voxel_size=voxel_size, unit=unit, name=name)]
+    ms = _read_multiscales(path)
+    return [
+        _ome_level(path, ms, k, voxel_size, unit, name) for k in range(len(ms.images))
+    ]

@@ -36,20 +36,32 @@ from ..pyramid import DEFAULT_CHUNKS, Method, downsample, levels, to_pyramid
 NGFF_VERSIONS = ("0.4", "0.5", "0.6")
 
 
-def _ngff_metadata(levels_: list[xr.DataArray], name: str):
+def _multiscales(levels_: list[xr.DataArray], name: str, root_attrs: dict[str, Any]):
+    """ngff-zarr multiscales (images and 0.4-model metadata) describing ``levels_``."""
+    import ngff_zarr
     from ngff_zarr.v04.zarr_metadata import Axis, Dataset, Metadata, Scale, Translation
 
-    dims = list(levels_[0].dims)
+    dims = tuple(levels_[0].dims)
     unit = units(levels_[0])
     kinds = {"t": "time", "c": "channel"}
     axes = [
         Axis(name=d, type=kinds.get(d, "space"), unit=unit if d in SPATIAL_DIMS else None)
         for d in dims
     ]
-    datasets = []
+    images, datasets = [], []
     for k, lv in enumerate(levels_):
         sp = dict(zip(SPATIAL_DIMS, spacing(lv), strict=True))
         org = dict(zip(SPATIAL_DIMS, origin(lv), strict=True))
+        images.append(
+            ngff_zarr.NgffImage(
+                data=lv.data,
+                dims=dims,
+                scale=sp,
+                translation=org,
+                name=name,
+                axes_units=dict.fromkeys(SPATIAL_DIMS, unit),
+            )
+        )
         datasets.append(
             Dataset(
                 path=f"scale{k}/{name}",
@@ -59,28 +71,8 @@ def _ngff_metadata(levels_: list[xr.DataArray], name: str):
                 ],
             )
         )
-    return Metadata(axes=axes, datasets=datasets, coordinateTransformations=None, name=name)
-
-
-def _multiscales(levels_: list[xr.DataArray], name: str, root_attrs: dict[str, Any]):
-    import ngff_zarr
-
-    images = []
-    for lv in levels_:
-        dims = tuple(lv.dims)
-        images.append(
-            ngff_zarr.NgffImage(
-                data=lv.data,
-                dims=dims,
-                scale=dict(zip(SPATIAL_DIMS, spacing(lv), strict=True)),
-                translation=dict(zip(SPATIAL_DIMS, origin(lv), strict=True)),
-                name=name,
-                axes_units={d: units(lv) for d in SPATIAL_DIMS},
-            )
-        )
-    return ngff_zarr.NgffMultiscales(
-        images, _ngff_metadata(levels_, name), root_attributes=root_attrs
-    )
+    metadata = Metadata(axes=axes, datasets=datasets, coordinateTransformations=None, name=name)
+    return ngff_zarr.NgffMultiscales(images, metadata, root_attributes=root_attrs)
 
 
 def _check_destination(path: Path, overwrite: bool) -> None:
