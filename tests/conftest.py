@@ -56,3 +56,50 @@ def dataset(data_dir: Path):
             pytest.skip(str(exc))
 
     return resolve
+
+
+@pytest.fixture(scope="session")
+def ants_syn(data_dir: Path) -> dict:
+    """Outputs of ``ants.registration(mni, ch2, "SyN")``, computed once per machine.
+
+    Returns ``{"fixed": mni path, "moving": ch2 path, "fwdtransforms": [...],
+    "invtransforms": [...]}`` with the transform files in ANTs' own order. The files are
+    cached under the ngffreg cache folder (keyed by the antspyx version); a file lock keeps
+    parallel test workers from computing them twice.
+    """
+    import fcntl
+    import json
+    import shutil
+
+    ants = pytest.importorskip("ants")
+    from ngffreg import catalog
+
+    fixed = data_dir / "ants" / "mni.nii.gz"
+    moving = data_dir / "ants" / "ch2.nii.gz"
+    if not fixed.is_file() or not moving.is_file():
+        pytest.skip("ants/mni.nii.gz or ants/ch2.nii.gz missing from the data folder")
+    folder = catalog.cache_dir() / "test-fixtures" / f"ants-syn-mni-ch2-{ants.__version__}"
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = folder / "manifest.json"
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not manifest.is_file():
+            reg = ants.registration(
+                ants.image_read(str(fixed)), ants.image_read(str(moving)), "SyN",
+                random_seed=1, outprefix=str(folder / "syn_"),
+            )
+            listing = {}
+            for key in ("fwdtransforms", "invtransforms"):
+                names = []
+                for src in reg[key]:
+                    dst = folder / Path(src).name
+                    if Path(src).resolve() != dst.resolve():
+                        shutil.copyfile(src, dst)
+                    names.append(dst.name)
+                listing[key] = names
+            manifest.write_text(json.dumps(listing))
+    listing = json.loads(manifest.read_text())
+    return {
+        "fixed": fixed, "moving": moving,
+        **{key: [str(folder / n) for n in names] for key, names in listing.items()},
+    }

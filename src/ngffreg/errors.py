@@ -33,3 +33,7 @@ class OutputError(NgffregError, OSError):
 
 class CatalogError(NgffregError, LookupError):
     """A data-catalog entry cannot be resolved locally nor downloaded."""
+
+
+class TransformError(InputError):
+    """A transform that is malformed, of the wrong dimension, or that does not chain."""

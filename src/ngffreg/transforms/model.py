@@ -1,0 +1,773 @@
+"""Transforms in physical (z, y, x) space: one small, immutable object per type.
+
+Every transform maps points given as an ``(N, 3)`` array of physical positions in
+z, y, x order (the units of the images they relate) to points in the same order.
+A registration result maps fixed-space points to moving-space points.
+
+Types
+-----
+:class:`Identity`, :class:`Translation`, :class:`Scale`, :class:`Affine` (linear, exact
+inverses), :class:`DisplacementField` (a lazy, chunked field on a physical grid,
+``T(p) = p + d(p)``, linear interpolation), :class:`ThinPlateSpline` (landmark-driven),
+:class:`Sequence` (applied first to last, as NGFF ``sequence``) and :class:`Bijection`
+(a forward transform with its inverse).
+
+Each transform may name the coordinate system it maps from (``input``) and to
+(``output``); a :class:`Sequence` whose names do not chain is refused.
+
+Points are processed in batches of ``batch_size``; a displacement field is read one
+region (or one chunk) at a time, so memory stays bounded by the batch and the chunk,
+never by the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, ClassVar
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+from scipy import ndimage
+
+from ..errors import TransformError
+from ..image import SPATIAL_DIMS, make_image
+from ..image import direction as image_direction
+from ..image import spacing as image_spacing
+from ..image import units as image_units
+
+#: Points pushed through a transform per batch.
+DEFAULT_BATCH = 1_000_000
+#: Largest field region (bytes) read in one piece; beyond it, points go chunk by chunk.
+REGION_BYTES = 256 * 2**20
+#: What a displacement field does at points outside its grid.
+OUTSIDE_POLICIES = ("zero", "nearest", "nan")
+
+
+def as_points(points: Any, what: str = "points") -> np.ndarray:
+    """``points`` as a float64 ``(N, 3)`` array (z, y, x); a single point may be 1-D."""
+    try:
+        pts = np.asarray(points, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TransformError(f"The {what} are not numeric: {exc}") from exc
+    if pts.ndim == 1 and pts.shape[0] == 3:
+        pts = pts[None, :]
+    if pts.ndim != 2 or pts.shape[1] != 3:
+        raise TransformError(
+            f"The {what} must be an (N, 3) array of z, y, x positions; got shape {pts.shape}."
+        )
+    return pts
+
+
+def _vector(value: Any, what: str) -> np.ndarray:
+    v = np.asarray(value, dtype=np.float64).reshape(-1)
+    if v.shape != (3,):
+        raise TransformError(f"A {what} needs 3 values (z, y, x); got {v.shape[0]}.")
+    if not np.all(np.isfinite(v)):
+        raise TransformError(f"The {what} {v.tolist()} holds non-finite values.")
+    v.setflags(write=False)
+    return v
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    array = np.array(array, dtype=np.float64)
+    array.setflags(write=False)
+    return array
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Transform:
+    """Base class. ``input``/``output`` name the coordinate systems mapped from and to."""
+
+    name: str | None = None
+    input: str | None = None
+    output: str | None = None
+
+    is_linear: ClassVar[bool] = False
+
+    # -- points -------------------------------------------------------------
+    def apply(self, points: Any, *, batch_size: int = DEFAULT_BATCH) -> np.ndarray:
+        """Map ``(N, 3)`` physical points (z, y, x); returns a new ``(N, 3)`` array."""
+        pts = as_points(points)
+        if len(pts) <= batch_size:
+            return self._apply(pts)
+        out = np.empty_like(pts)
+        for start in range(0, len(pts), batch_size):
+            stop = min(start + batch_size, len(pts))
+            out[start:stop] = self._apply(pts[start:stop])
+        return out
+
+    __call__ = apply
+
+    def _apply(self, points: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    # -- algebra ------------------------------------------------------------
+    def inverse(self) -> Transform:
+        """The inverse transform (input and output swapped)."""
+        raise NotImplementedError
+
+    def then(self, *others: Transform) -> Sequence:
+        """This transform followed by ``others`` (a :class:`Sequence`)."""
+        return Sequence(transforms=(self, *others))
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """The 4×4 homogeneous matrix (z, y, x) of a linear transform."""
+        raise TransformError(
+            f"A {type(self).__name__} is not linear; it has no matrix. "
+            "Sample it onto a grid with ngffreg.transforms.sample_field instead."
+        )
+
+    def to_affine(self) -> Affine:
+        """This linear transform as one :class:`Affine` (keeping names)."""
+        return Affine(matrix=self.matrix, name=self.name, input=self.input, output=self.output)
+
+    def simplify(self) -> Transform:
+        """An equivalent transform with nested sequences flattened and linear runs merged."""
+        return self
+
+    def renamed(self, **names: str | None) -> Transform:
+        """A copy with ``name``, ``input`` or ``output`` replaced."""
+        unknown = set(names) - {"name", "input", "output"}
+        if unknown:
+            raise TypeError(f"renamed() takes name, input and output; got {sorted(unknown)}")
+        return dataclasses.replace(self, **names)
+
+    def _swapped(self) -> dict[str, str | None]:
+        return {"input": self.output, "output": self.input,
+                "name": f"{self.name}_inverse" if self.name else None}
+
+
+# ---------------------------------------------------------------------------
+# linear types
+# ---------------------------------------------------------------------------
+class _Linear(Transform):
+    is_linear: ClassVar[bool] = True
+
+    def _apply(self, points: np.ndarray) -> np.ndarray:
+        m = self.matrix
+        return points @ m[:3, :3].T + m[:3, 3]
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Identity(_Linear):
+    """The identity map."""
+
+    @property
+    def matrix(self) -> np.ndarray:
+        return np.eye(4)
+
+    def _apply(self, points: np.ndarray) -> np.ndarray:
+        return points.copy()
+
+    def inverse(self) -> Identity:
+        return Identity(**self._swapped())
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Translation(_Linear):
+    """``p + translation`` (z, y, x)."""
+
+    translation: Any = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "translation", _vector(self.translation, "translation"))
+
+    @property
+    def matrix(self) -> np.ndarray:
+        m = np.eye(4)
+        m[:3, 3] = self.translation
+        return m
+
+    def _apply(self, points: np.ndarray) -> np.ndarray:
+        return points + self.translation
+
+    def inverse(self) -> Translation:
+        return Translation(translation=-self.translation, **self._swapped())
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Scale(_Linear):
+    """``scale ∘ p`` (z, y, x), about the physical origin."""
+
+    scale: Any = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scale", _vector(self.scale, "scale"))
+
+    @property
+    def matrix(self) -> np.ndarray:
+        return np.diag([*self.scale, 1.0])
+
+    def _apply(self, points: np.ndarray) -> np.ndarray:
+        return points * self.scale
+
+    def inverse(self) -> Scale:
+        if np.any(self.scale == 0):
+            raise TransformError(f"The scale {self.scale.tolist()} has a zero; it has no inverse.")
+        return Scale(scale=1.0 / self.scale, **self._swapped())
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Affine(_Linear):
+    """``A p + b`` given as a 4×4 homogeneous matrix (or its upper 3×4 block), z, y, x."""
+
+    matrix: Any = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        m = np.asarray(self.matrix, dtype=np.float64)
+        if m.shape == (3, 4):
+            m = np.vstack([m, [0.0, 0.0, 0.0, 1.0]])
+        if m.shape != (4, 4):
+            raise TransformError(
+                f"A 3-D affine needs a 3×4 or 4×4 matrix (z, y, x); got shape {m.shape}."
+            )
+        if not np.allclose(m[3], [0, 0, 0, 1]):
+            raise TransformError(
+                f"The affine's last row must be [0, 0, 0, 1]; got {m[3].tolist()}.")
+        if not np.all(np.isfinite(m)):
+            raise TransformError("The affine matrix holds non-finite values.")
+        object.__setattr__(self, "matrix", _frozen(m))
+
+    @classmethod
+    def from_matrix_offset(cls, linear: Any, offset: Any, **names: Any) -> Affine:
+        """``linear @ p + offset``."""
+        m = np.eye(4)
+        m[:3, :3] = np.asarray(linear, dtype=np.float64)
+        m[:3, 3] = _vector(offset, "offset")
+        return cls(matrix=m, **names)
+
+    def inverse(self) -> Affine:
+        if abs(np.linalg.det(self.matrix[:3, :3])) < 1e-12 * max(
+            1.0, float(np.abs(self.matrix[:3, :3]).max()) ** 3
+        ):
+            raise TransformError("The affine matrix is singular; it has no inverse.")
+        return Affine(matrix=np.linalg.inv(self.matrix), **self._swapped())
+
+
+# ---------------------------------------------------------------------------
+# displacement fields
+# ---------------------------------------------------------------------------
+def _read(data: Any, region: tuple[slice, ...]) -> np.ndarray:
+    """``data[region]`` as numpy; dask arrays are read on the calling thread (safe in tasks)."""
+    part = data[region]
+    if isinstance(part, da.Array):
+        part = part.compute(scheduler="synchronous")
+    return np.asarray(part, dtype=np.float64)
+
+
+def _interpolate(region: np.ndarray, local: np.ndarray) -> np.ndarray:
+    """Trilinear values (m, 3) of a (3, z, y, x) region at local continuous indices (m, 3).
+
+    Neighbours past the region's edge repeat the edge (ITK's clamping)."""
+    out = np.empty((len(local), 3), dtype=np.float64)
+    coords = local.T
+    for k in range(3):
+        ndimage.map_coordinates(region[k], coords, output=out[:, k], order=1, mode="nearest",
+                                prefilter=False)
+    return out
+
+
+def _chunk_bounds(data: Any) -> list[np.ndarray]:
+    if isinstance(data, da.Array):
+        return [np.concatenate([[0], np.cumsum(c)]) for c in data.chunks[1:]]
+    return [np.array([0, n]) for n in data.shape[1:]]
+
+
+def _sample_field(data: Any, cidx: np.ndarray, region_bytes: int = REGION_BYTES) -> np.ndarray:
+    """Interpolate the (3, z, y, x) ``data`` at continuous indices ``cidx`` (m, 3)."""
+    if len(cidx) == 0:
+        return np.zeros((0, 3))
+    n = np.asarray(data.shape[1:])
+    base = np.clip(np.floor(cidx).astype(np.int64), 0, n - 1)
+    lo = base.min(axis=0)
+    hi = np.minimum(base.max(axis=0) + 2, n)
+    if 3 * 8 * int(np.prod(hi - lo)) <= region_bytes:
+        region = _read(data, (slice(None), *(slice(a, b) for a, b in zip(lo, hi, strict=True))))
+        return _interpolate(region, cidx - lo)
+    # Too large a region: go chunk by chunk (each chunk plus a one-voxel halo).
+    bounds = _chunk_bounds(data)
+    ids = np.stack([np.searchsorted(b, base[:, k], side="right") - 1
+                    for k, b in enumerate(bounds)], axis=1)
+    counts = [len(b) - 1 for b in bounds]
+    flat = np.ravel_multi_index(ids.T, counts)
+    order = np.argsort(flat, kind="stable")
+    out = np.empty((len(cidx), 3))
+    uniq, starts = np.unique(flat[order], return_index=True)
+    ends = np.append(starts[1:], len(order))
+    for chunk, s, e in zip(uniq, starts, ends, strict=True):
+        sel = order[s:e]
+        cid = np.unravel_index(chunk, counts)
+        lo_c = np.array([bounds[k][cid[k]] for k in range(3)])
+        hi_c = np.array([min(bounds[k][cid[k] + 1] + 1, n[k]) for k in range(3)])
+        region = _read(data, (slice(None), *(slice(a, b) for a, b in zip(lo_c, hi_c, strict=True))))
+        out[sel] = _interpolate(region, cidx[sel] - lo_c)
+    return out
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class DisplacementField(Transform):
+    """``T(p) = p + d(p)``: a displacement field on a physical grid.
+
+    ``field`` is an image (see :func:`ngffreg.make_image`) with dims ``(c, z, y, x)``;
+    ``c`` holds the three displacement components in z, y, x order, in the units of the
+    grid. It may be lazy and larger than memory. ``d`` is interpolated linearly.
+
+    ``outside`` says what happens at points off the grid: ``"zero"`` (no displacement,
+    ITK's and ANTs' rule: a point is inside while its continuous index lies in
+    ``[-0.5, n - 0.5)``, with edge values repeated in that half-voxel band),
+    ``"nearest"`` (the edge displacement continues) or ``"nan"`` (the point maps to NaN).
+
+    ``residual`` is set on fields computed by :func:`invert_field`: the magnitude, per
+    grid point, of ``|F(T(y)) - y|`` in physical units.
+    """
+
+    field: xr.DataArray = None  # type: ignore[assignment]
+    outside: str = "zero"
+    residual: xr.DataArray | None = None
+
+    def __post_init__(self) -> None:
+        f = self.field
+        if not isinstance(f, xr.DataArray):
+            raise TransformError("A displacement field must be an xarray.DataArray "
+                                 "(make one with DisplacementField.from_array).")
+        if f.dims[-3:] != SPATIAL_DIMS or f.ndim != 4:
+            raise TransformError(
+                f"A displacement field needs dims (c, z, y, x); got {f.dims}.")
+        if f.shape[0] != 3:
+            raise TransformError(
+                f"A 3-D displacement field needs 3 components (z, y, x) per voxel; "
+                f"got {f.shape[0]}.")
+        if self.outside not in OUTSIDE_POLICIES:
+            raise TransformError(
+                f"outside must be one of {OUTSIDE_POLICIES}; got {self.outside!r}.")
+
+    @classmethod
+    def from_array(
+        cls, data: Any, *, spacing: Any, origin: Any = None, direction: Any = None,
+        unit: str = "micrometer", outside: str = "zero", **names: Any,
+    ) -> DisplacementField:
+        """A field from a (3, z, y, x) numpy or dask array of z, y, x displacements."""
+        data = data if hasattr(data, "ndim") else np.asarray(data)
+        if data.ndim != 4:
+            raise TransformError(
+                f"A displacement field array must be (3, z, y, x); got {data.ndim} dimensions.")
+        image = make_image(data, spacing=spacing, origin=origin, direction=direction, unit=unit,
+                           dims=("c", *SPATIAL_DIMS), name="displacement")
+        return cls(field=image, outside=outside, **names)
+
+    # grid -----------------------------------------------------------------
+    @cached_property
+    def _grid(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        f = self.field
+        frame0 = np.array([float(f.coords[d].values[0]) for d in SPATIAL_DIMS])
+        return (frame0, np.asarray(image_spacing(f)), image_direction(f),
+                np.asarray(f.shape[1:]))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(n) for n in self.field.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return image_spacing(self.field)
+
+    @property
+    def unit(self) -> str:
+        return image_units(self.field)
+
+    def continuous_index(self, points: np.ndarray) -> np.ndarray:
+        """Continuous grid indices (z, y, x) of physical points."""
+        frame0, sp, d, _ = self._grid
+        return (points @ d - frame0) / sp
+
+    def grid_points(self, region: tuple[slice, ...] | None = None) -> np.ndarray:
+        """Physical positions (N, 3) of the grid points in ``region`` (C order)."""
+        frame0, sp, d, n = self._grid
+        return _grid_points(frame0, sp, d, n, region)
+
+    def displacement(self, points: Any) -> np.ndarray:
+        """``d(p)`` at physical points (N, 3)."""
+        pts = as_points(points)
+        cidx = self.continuous_index(pts)
+        n = self._grid[3]
+        out = np.zeros_like(pts)
+        if self.outside == "nearest":
+            inside = np.ones(len(pts), dtype=bool)
+        else:
+            inside = np.all((cidx >= -0.5) & (cidx < n - 0.5), axis=1)
+            if self.outside == "nan":
+                out[~inside] = np.nan
+        if inside.any():
+            out[inside] = _sample_field(self.field.data, cidx[inside])
+        return out
+
+    def _apply(self, points: np.ndarray) -> np.ndarray:
+        return points + self.displacement(points)
+
+    def inverse(self, **kwargs: Any) -> DisplacementField:
+        """The iterative inverse on the same grid; see :func:`invert_field`."""
+        return invert_field(self, **kwargs)
+
+    def compute(self) -> DisplacementField:
+        """The same field held in memory."""
+        return dataclasses.replace(self, field=self.field.compute())
+
+
+def _grid_points(frame0: np.ndarray, sp: np.ndarray, d: np.ndarray, n: np.ndarray,
+                 region: tuple[slice, ...] | None = None) -> np.ndarray:
+    region = region or tuple(slice(0, int(k)) for k in n)
+    axes = [frame0[k] + sp[k] * np.arange(*region[k].indices(int(n[k]))) for k in range(3)]
+    frame = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+    if not np.allclose(d, np.eye(3)):
+        frame = frame @ d.T
+    return frame
+
+
+# ---------------------------------------------------------------------------
+# thin-plate splines (BigWarp landmarks)
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False, kw_only=True)
+class ThinPlateSpline(Transform):
+    """A 3-D thin-plate spline (kernel r² log r plus an affine part) that maps each
+    ``source`` landmark exactly onto its ``target`` landmark (both (N, 3), z, y, x).
+
+    Its :meth:`inverse` is the spline fitted the other way (target → source), which
+    is exact at the landmarks and approximate between them.
+    """
+
+    source: Any = None
+    target: Any = None
+
+    def __post_init__(self) -> None:
+        src = as_points(self.source, "source landmarks")
+        dst = as_points(self.target, "target landmarks")
+        if len(src) != len(dst):
+            raise TransformError(
+                f"{len(src)} source landmarks but {len(dst)} target landmarks; they must pair up.")
+        if len(src) < 4:
+            raise TransformError(
+                f"A 3-D thin-plate spline needs at least 4 landmarks; got {len(src)}.")
+        object.__setattr__(self, "source", _frozen(src))
+        object.__setattr__(self, "target", _frozen(dst))
+
+    @cached_property
+    def _interpolator(self):
+        from scipy.interpolate import RBFInterpolator
+
+        try:
+            return RBFInterpolator(self.source, self.target - self.source,
+                                   kernel="thin_plate_spline", degree=1)
+        except (np.linalg.LinAlgError, ValueError) as exc:
+            raise TransformError(
+                f"The landmarks do not define a thin-plate spline ({exc}); they need at "
+                "least 4 points that are not all in one plane.") from exc
+
+    def _apply(self, points: np.ndarray) -> np.ndarray:
+        return points + self._interpolator(points)
+
+    def inverse(self) -> ThinPlateSpline:
+        return ThinPlateSpline(source=self.target, target=self.source, **self._swapped())
+
+
+# ---------------------------------------------------------------------------
+# composition
+# ---------------------------------------------------------------------------
+def _check_chain(transforms: tuple[Transform, ...]) -> None:
+    for i, (a, b) in enumerate(itertools.pairwise(transforms)):
+        if a.output is not None and b.input is not None and a.output != b.input:
+            raise TransformError(
+                f"The transforms do not chain: step {i} ({type(a).__name__}) maps to "
+                f"{a.output!r} but step {i + 1} ({type(b).__name__}) maps from {b.input!r}. "
+                "Reorder them, or give the coordinate systems matching names.")
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Sequence(Transform):
+    """The transforms applied first to last (NGFF ``sequence``)."""
+
+    transforms: tuple[Transform, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        ts = tuple(self.transforms)
+        for t in ts:
+            if not isinstance(t, Transform):
+                raise TransformError(f"A sequence holds transforms; got {type(t).__name__}.")
+        if not ts:
+            raise TransformError("A sequence needs at least one transform.")
+        _check_chain(ts)
+        object.__setattr__(self, "transforms", ts)
+        if self.input is not None and ts[0].input not in (None, self.input):
+            raise TransformError(
+                f"The sequence maps from {self.input!r} but its first step maps from "
+                f"{ts[0].input!r}.")
+        if self.output is not None and ts[-1].output not in (None, self.output):
+            raise TransformError(
+                f"The sequence maps to {self.output!r} but its last step maps to "
+                f"{ts[-1].output!r}.")
+        if self.input is None:
+            object.__setattr__(self, "input", ts[0].input)
+        if self.output is None:
+            object.__setattr__(self, "output", ts[-1].output)
+
+    @property
+    def is_linear(self) -> bool:  # type: ignore[override]
+        return all(t.is_linear for t in self.transforms)
+
+    @property
+    def matrix(self) -> np.ndarray:
+        m = np.eye(4)
+        for t in self.transforms:
+            m = t.matrix @ m
+        return m
+
+    def _apply(self, points: np.ndarray) -> np.ndarray:
+        for t in self.transforms:
+            points = t._apply(points)
+        return points
+
+    def inverse(self) -> Sequence:
+        return Sequence(transforms=tuple(t.inverse() for t in reversed(self.transforms)),
+                        **self._swapped())
+
+    def flattened(self) -> tuple[Transform, ...]:
+        out: list[Transform] = []
+        for t in self.transforms:
+            out.extend(t.flattened() if isinstance(t, Sequence) else [t])
+        return tuple(out)
+
+    def simplify(self) -> Transform:
+        """Flatten, then merge each run of linear steps into one :class:`Affine`."""
+        merged: list[Transform] = []
+        run: list[Transform] = []
+
+        def flush() -> None:
+            if run:
+                m = np.eye(4)
+                for t in run:
+                    m = t.matrix @ m
+                merged.append(Affine(matrix=m, input=run[0].input, output=run[-1].output))
+                run.clear()
+
+        for t in self.flattened():
+            if t.is_linear:
+                run.append(t)
+            else:
+                flush()
+                merged.append(t.simplify())
+        flush()
+        if len(merged) == 1:
+            return merged[0].renamed(name=self.name, input=self.input, output=self.output)
+        return Sequence(transforms=tuple(merged), name=self.name, input=self.input,
+                        output=self.output)
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Bijection(Transform):
+    """A forward transform kept with its inverse (NGFF ``bijection``)."""
+
+    forward: Transform = None  # type: ignore[assignment]
+    inverse_transform: Transform = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        f, i = self.forward, self.inverse_transform
+        if not isinstance(f, Transform) or not isinstance(i, Transform):
+            raise TransformError("A bijection needs a forward and an inverse transform.")
+        for mine, theirs, what in ((f.input, i.output, "input"), (f.output, i.input, "output")):
+            if mine is not None and theirs is not None and mine != theirs:
+                raise TransformError(
+                    f"The bijection's inverse does not undo its forward transform: the forward "
+                    f"{what} is {mine!r} but the inverse goes the other way with {theirs!r}.")
+        if self.input is None:
+            object.__setattr__(self, "input", f.input or i.output)
+        if self.output is None:
+            object.__setattr__(self, "output", f.output or i.input)
+
+    @property
+    def is_linear(self) -> bool:  # type: ignore[override]
+        return self.forward.is_linear
+
+    @property
+    def matrix(self) -> np.ndarray:
+        return self.forward.matrix
+
+    def _apply(self, points: np.ndarray) -> np.ndarray:
+        return self.forward._apply(points)
+
+    def inverse(self) -> Bijection:
+        return Bijection(forward=self.inverse_transform, inverse_transform=self.forward,
+                         **self._swapped())
+
+    def simplify(self) -> Bijection:
+        return dataclasses.replace(self, forward=self.forward.simplify(),
+                                   inverse_transform=self.inverse_transform.simplify())
+
+
+def compose(*transforms: Transform, **names: Any) -> Transform:
+    """The transforms applied first to last; a single transform is returned as is."""
+    ts: list[Transform] = []
+    for t in transforms:
+        ts.extend(t.transforms if isinstance(t, Sequence) and t.name is None else [t])
+    if len(ts) == 1 and not names:
+        return ts[0]
+    return Sequence(transforms=tuple(ts), **names)
+
+
+def bijection(forward: Transform, inverse: Transform | None = None, **names: Any) -> Bijection:
+    """``forward`` with its inverse (computed when not given)."""
+    return Bijection(forward=forward, inverse_transform=inverse or forward.inverse(), **names)
+
+
+# ---------------------------------------------------------------------------
+# fields from transforms, and field inversion
+# ---------------------------------------------------------------------------
+def _chunking(shape: tuple[int, ...], chunks: Any) -> tuple[tuple[int, ...], ...]:
+    return da.core.normalize_chunks(chunks, shape, dtype=np.float64)
+
+
+def _block_region(block_info: dict) -> tuple[slice, ...]:
+    loc = block_info[None]["array-location"][1:]
+    return tuple(slice(a, b) for a, b in loc)
+
+
+def sample_field(
+    transform: Transform, *, like: xr.DataArray | DisplacementField | None = None,
+    shape: Iterable[int] | None = None, spacing: Any = None, origin: Any = None,
+    direction: Any = None, unit: str | None = None, chunks: Any = 64,
+    dtype: Any = np.float32,
+) -> DisplacementField:
+    """``transform`` sampled as a lazy displacement field ``T(p) - p`` on a grid.
+
+    The grid is ``like``'s (an image or a field) or the one given by ``shape``,
+    ``spacing``, ``origin``, ``direction``, ``unit``. Each chunk computes its own points,
+    so nothing holds the whole grid.
+    """
+    if like is not None:
+        img = like.field if isinstance(like, DisplacementField) else like
+        shape = tuple(int(img.sizes[d]) for d in SPATIAL_DIMS)
+        spacing = image_spacing(img)
+        frame0 = np.array([float(img.coords[d].values[0]) for d in SPATIAL_DIMS])
+        direction = image_direction(img)
+        origin = direction @ frame0
+        unit = unit or image_units(img)
+    if shape is None or spacing is None:
+        raise TransformError("sample_field needs like= or shape= and spacing=.")
+    shape = tuple(int(n) for n in shape)
+    d = np.eye(3) if direction is None else np.asarray(direction, dtype=np.float64)
+    org = np.zeros(3) if origin is None else _vector(origin, "origin")
+    sp = _vector(spacing, "spacing")
+    frame0 = d.T @ org
+    n = np.asarray(shape)
+    spatial = _chunking(shape, chunks)
+
+    def block(block_info=None):
+        region = _block_region(block_info)
+        pts = _grid_points(frame0, sp, d, n, region)
+        disp = transform.apply(pts) - pts
+        out_shape = tuple(s.stop - s.start for s in region)
+        return np.moveaxis(disp.reshape(*out_shape, 3), -1, 0).astype(dtype)
+
+    data = da.map_blocks(block, chunks=((3,), *spatial), dtype=dtype,
+                         meta=np.empty((0, 0, 0, 0), dtype=dtype))
+    return DisplacementField.from_array(
+        data, spacing=sp, origin=org, direction=d, unit=unit or "micrometer",
+        input=transform.input, output=transform.output)
+
+
+def invert_field(
+    forward: DisplacementField, *, max_iterations: int = 100, tolerance: float = 1e-3,
+    chunks: Any = None,
+) -> DisplacementField:
+    """The inverse of ``forward`` on its own grid, computed chunk by chunk (lazily).
+
+    At each grid point ``y`` the inverse displacement ``u`` solves
+    ``u = -d(y + u)`` by fixed-point iteration, starting from ``u = -d(y)``, until the
+    residual ``|u + d(y + u)|`` falls below ``tolerance`` voxels or ``max_iterations``
+    pass. Each chunk reads only the region of ``forward`` its points can reach (the
+    chunk grown by the largest displacement). The result's ``residual`` holds, per grid
+    point, ``|F(T⁻¹(y)) - y|`` in physical units: where it stays large the iteration
+    did not converge (folds, or points mapped from outside the field).
+
+    Points whose inverse lies outside ``forward``'s grid keep ``u = -d`` of the nearest
+    reachable point; the residual marks them.
+    """
+    frame0, sp, d, n = forward._grid
+    data = forward.field.data
+    spatial = (data.chunks[1:] if isinstance(data, da.Array) and chunks is None
+               else _chunking(tuple(n), chunks or 64))
+    with dask.config.set(scheduler="threads"):
+        reach = float(da.nanmax(da.sqrt((da.asarray(data).astype(np.float64) ** 2).sum(axis=0)))
+                      .compute()) if data.size else 0.0
+    if not math.isfinite(reach):
+        raise TransformError(
+            "The displacement field holds non-finite values; it cannot be inverted.")
+    margin = np.ceil(reach / sp).astype(int) + 2
+    tol = tolerance * float(sp.min())
+    outside = forward.outside
+
+    def block(block_info=None):
+        region = _block_region(block_info)
+        y = _grid_points(frame0, sp, d, n, region)
+        lo = np.array([max(s.start - m, 0) for s, m in zip(region, margin, strict=True)])
+        hi = np.array([min(s.stop + m, k) for s, m, k in zip(region, margin, n, strict=True)])
+        fwd = _read(data, (slice(None), *(slice(a, b) for a, b in zip(lo, hi, strict=True))))
+
+        def disp(x: np.ndarray) -> np.ndarray:
+            cidx = (x @ d - frame0) / sp
+            out = _interpolate(fwd, cidx - lo)
+            if outside != "nearest":
+                out[~np.all((cidx >= -0.5) & (cidx < n - 0.5), axis=1)] = 0.0
+            return out
+
+        u = -disp(y)
+        res = np.full(len(y), np.inf)
+        active = np.arange(len(y))
+        for _ in range(max_iterations):
+            dx = disp(y[active] + u[active])
+            r = np.linalg.norm(u[active] + dx, axis=1)
+            res[active] = r
+            done = r < tol
+            u[active[~done]] = -dx[~done]
+            active = active[~done]
+            if not len(active):
+                break
+        if len(active):
+            res[active] = np.linalg.norm(u[active] + disp(y[active] + u[active]), axis=1)
+        out_shape = tuple(s.stop - s.start for s in region)
+        out = np.concatenate([u, res[:, None]], axis=1).reshape(*out_shape, 4)
+        return np.moveaxis(out, -1, 0).astype(np.float32)
+
+    both = da.map_blocks(block, chunks=((4,), *spatial), dtype=np.float32,
+                         meta=np.empty((0, 0, 0, 0), dtype=np.float32))
+    origin = d @ frame0
+    inverse = DisplacementField.from_array(
+        both[:3], spacing=sp, origin=origin, direction=d, unit=forward.unit,
+        outside=forward.outside, **forward._swapped())
+    residual = make_image(both[3], spacing=sp, origin=origin, direction=d, unit=forward.unit,
+                          name="inverse_residual")
+    return dataclasses.replace(inverse, residual=residual)
+
+
+def inverse_report(inverse: DisplacementField, *, tolerance: float = 1e-3) -> dict[str, Any]:
+    """Residual statistics of a field from :func:`invert_field` (computes it)."""
+    if inverse.residual is None:
+        raise TransformError("This field was not computed by invert_field; it has no residual.")
+    voxel = float(min(inverse.spacing))
+    r = np.asarray(inverse.residual.data.compute()).reshape(-1) / voxel
+    bad = r >= tolerance
+    report: dict[str, Any] = {
+        "median_voxels": float(np.median(r)), "p99_voxels": float(np.percentile(r, 99)),
+        "max_voxels": float(r.max()), "not_converged_fraction": float(bad.mean()),
+        "tolerance_voxels": tolerance,
+    }
+    if bad.any():
+        idx = np.argwhere(np.asarray(inverse.residual.data.compute()) / voxel >= tolerance)
+        report["not_converged_index_box"] = [idx.min(axis=0).tolist(), idx.max(axis=0).tolist()]
+    return report
