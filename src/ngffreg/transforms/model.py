@@ -108,6 +108,33 @@ class Transform:
     def _apply(self, points: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def apply_inverse(
+        self, points: Any, *, batch_size: int = DEFAULT_BATCH, tolerance: float = 1e-6,
+        max_iterations: int = 200, return_residual: bool = False,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Map points through the inverse transform.
+
+        Linear transforms and bijections use their exact inverse. Others (fields,
+        splines) are inverted point by point: ``x`` solves ``T(x) = y`` by the fixed-point
+        iteration ``x ← x − (T(x) − y)`` until ``|T(x) − y| < tolerance`` (physical units)
+        or ``max_iterations`` pass; no inverse field is built. With ``return_residual``,
+        also returns ``|T(x) − y|`` per point, so non-converged points can be reported.
+        """
+        pts = as_points(points)
+        out = np.empty_like(pts)
+        res = np.zeros(len(pts))
+        for start in range(0, max(len(pts), 1), batch_size):
+            stop = min(start + batch_size, len(pts))
+            out[start:stop], res[start:stop] = self._apply_inverse(
+                pts[start:stop], tolerance, max_iterations)
+        return (out, res) if return_residual else out
+
+    def _apply_inverse(self, y: np.ndarray, tolerance: float, max_iterations: int
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        if self.is_linear:
+            return self.inverse()._apply(y), np.zeros(len(y))
+        return _fixed_point_inverse(self._apply, y, tolerance, max_iterations)
+
     # -- algebra ------------------------------------------------------------
     def inverse(self) -> Transform:
         """The inverse transform (input and output swapped)."""
@@ -143,6 +170,27 @@ class Transform:
     def _swapped(self) -> dict[str, str | None]:
         return {"input": self.output, "output": self.input,
                 "name": f"{self.name}_inverse" if self.name else None}
+
+
+def _fixed_point_inverse(forward, y: np.ndarray, tolerance: float, max_iterations: int
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Solve ``forward(x) = y`` per point by ``x ← x − (forward(x) − y)``, from ``x = y``."""
+    x = y.copy()
+    res = np.zeros(len(y))
+    active = np.arange(len(y))
+    for _ in range(max_iterations):
+        if not len(active):
+            break
+        err = forward(x[active]) - y[active]
+        r = np.linalg.norm(err, axis=1)
+        res[active] = r
+        moving = ~(r < tolerance)  # NaN residuals stop too
+        moving &= np.isfinite(r)
+        x[active[moving]] -= err[moving]
+        active = active[moving]
+    if len(active):
+        res[active] = np.linalg.norm(forward(x[active]) - y[active], axis=1)
+    return x, res
 
 
 # ---------------------------------------------------------------------------
@@ -533,6 +581,14 @@ class Sequence(Transform):
             points = t._apply(points)
         return points
 
+    def _apply_inverse(self, y: np.ndarray, tolerance: float, max_iterations: int
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        res = np.zeros(len(y))
+        for t in reversed(self.transforms):
+            y, r = t._apply_inverse(y, tolerance, max_iterations)
+            res = np.maximum(res, r)
+        return y, res
+
     def inverse(self) -> Sequence:
         return Sequence(transforms=tuple(t.inverse() for t in reversed(self.transforms)),
                         **self._swapped())
@@ -600,6 +656,10 @@ class Bijection(Transform):
 
     def _apply(self, points: np.ndarray) -> np.ndarray:
         return self.forward._apply(points)
+
+    def _apply_inverse(self, y: np.ndarray, tolerance: float, max_iterations: int
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        return self.inverse_transform._apply(y), np.zeros(len(y))
 
     def inverse(self) -> Bijection:
         return Bijection(forward=self.inverse_transform, inverse_transform=self.forward,
