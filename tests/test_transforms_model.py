@@ -62,7 +62,7 @@ def test_linear_types_apply_and_invert_exactly():
         Scale(scale=[2.0, 0.5, 1.25]),
         _random_affine(),
     ]
-    expected = [p, p + [1.0, -2.0, 3.5], p * [2.0, 0.5, 1.25], None]
+    expected = [p, p + np.array([1.0, -2.0, 3.5]), p * np.array([2.0, 0.5, 1.25]), None]
     for t, exp in zip(cases, expected, strict=True):
         q = t.apply(p)
         if exp is not None:
@@ -244,8 +244,9 @@ def test_thin_plate_spline_hits_landmarks_and_is_affine_for_affine_landmarks():
 def test_inverse_of_an_ants_syn_field(ants_syn):
     """Iterative inverse of the SyN warp of mni ← ch2, checked on brain voxels:
     |T⁻¹(T(p)) − p| median < 0.05 voxel and 99th percentile < 0.2 voxel."""
-    from ngffreg.io.read import open_image
     from ngffreg.transforms.files import read_displacement_field
+
+    from ngffreg.io.read import open_image
 
     warp = read_displacement_field(ants_syn["fwdtransforms"][0])
     inv = invert_field(warp)
