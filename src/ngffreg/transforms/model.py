@@ -460,6 +460,32 @@ class DisplacementField(Transform):
     def _apply(self, points: np.ndarray) -> np.ndarray:
         return points + self.displacement(points)
 
+    def apply(self, points: Any, *, batch_size: int = DEFAULT_BATCH) -> np.ndarray:
+        """Map points; many points are sorted by the field chunk they fall in first, so
+        each chunk is read about once however the points are scattered."""
+        pts = as_points(points)
+        if len(pts) <= batch_size:
+            return self._apply(pts)
+        order = np.argsort(self._chunk_ids(pts, batch_size), kind="stable")
+        out = np.empty_like(pts)
+        for start in range(0, len(pts), batch_size):
+            sel = order[start:start + batch_size]
+            out[sel] = self._apply(pts[sel])
+        return out
+
+    def _chunk_ids(self, points: np.ndarray, batch_size: int) -> np.ndarray:
+        bounds = _chunk_bounds(self.field.data)
+        counts = [len(b) - 1 for b in bounds]
+        n = self._grid[3]
+        ids = np.empty(len(points), dtype=np.int64)
+        for start in range(0, len(points), batch_size):
+            cidx = self.continuous_index(points[start:start + batch_size])
+            base = np.clip(np.floor(np.nan_to_num(cidx)), 0, n - 1).astype(np.int64)
+            per_axis = [np.searchsorted(b, base[:, k], side="right") - 1
+                        for k, b in enumerate(bounds)]
+            ids[start:start + batch_size] = np.ravel_multi_index(per_axis, counts)
+        return ids
+
     def inverse(self, **kwargs: Any) -> DisplacementField:
         """The iterative inverse on the same grid; see :func:`invert_field`."""
         return invert_field(self, **kwargs)
@@ -581,6 +607,14 @@ class Sequence(Transform):
             points = t._apply(points)
         return points
 
+    def apply(self, points: Any, *, batch_size: int = DEFAULT_BATCH) -> np.ndarray:
+        """Map points step by step over the whole array (each step batches on its own,
+        so a field sorts all points by chunk once)."""
+        pts = as_points(points)
+        for t in self.transforms:
+            pts = t.apply(pts, batch_size=batch_size)
+        return pts
+
     def _apply_inverse(self, y: np.ndarray, tolerance: float, max_iterations: int
                        ) -> tuple[np.ndarray, np.ndarray]:
         res = np.zeros(len(y))
@@ -656,6 +690,9 @@ class Bijection(Transform):
 
     def _apply(self, points: np.ndarray) -> np.ndarray:
         return self.forward._apply(points)
+
+    def apply(self, points: Any, *, batch_size: int = DEFAULT_BATCH) -> np.ndarray:
+        return self.forward.apply(points, batch_size=batch_size)
 
     def _apply_inverse(self, y: np.ndarray, tolerance: float, max_iterations: int
                        ) -> tuple[np.ndarray, np.ndarray]:
