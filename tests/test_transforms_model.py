@@ -244,9 +244,8 @@ def test_thin_plate_spline_hits_landmarks_and_is_affine_for_affine_landmarks():
 def test_inverse_of_an_ants_syn_field(ants_syn):
     """Iterative inverse of the SyN warp of mni ← ch2, checked on brain voxels:
     |T⁻¹(T(p)) − p| median < 0.05 voxel and 99th percentile < 0.2 voxel."""
-    from ngffreg.transforms.files import read_displacement_field
-
     from ngffreg.io.read import open_image
+    from ngffreg.transforms.files import read_displacement_field
 
     warp = read_displacement_field(ants_syn["fwdtransforms"][0])
     inv = invert_field(warp)

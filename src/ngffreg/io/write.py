@@ -20,7 +20,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +36,25 @@ from ..pyramid import DEFAULT_CHUNKS, Method, downsample, levels, to_pyramid
 NGFF_VERSIONS = ("0.4", "0.5", "0.6")
 
 
-def _multiscales(levels_: list[xr.DataArray], name: str, root_attrs: dict[str, Any]):
-    """ngff-zarr multiscales (images and 0.4-model metadata) describing ``levels_``."""
+def _multiscales(
+    levels_: list[xr.DataArray],
+    name: str,
+    root_attrs: dict[str, Any],
+    coordinate_system: str = "intrinsic",
+    axis_types: Mapping[str, str] | None = None,
+):
+    """ngff-zarr multiscales (images and metadata) describing ``levels_``.
+
+    The metadata is ngff-zarr's 0.4 model, which ngff-zarr converts to the version
+    written. A named coordinate system or custom axis types (both 0.6 only) need the 0.6
+    model itself, built here by :func:`_metadata_v06`.
+    """
     import ngff_zarr
     from ngff_zarr.v04.zarr_metadata import Axis, Dataset, Metadata, Scale, Translation
 
     dims = tuple(levels_[0].dims)
     unit = units(levels_[0])
-    kinds = {"t": "time", "c": "channel"}
+    kinds = {"t": "time", "c": "channel", **dict(axis_types or {})}
     axes = [
         Axis(name=d, type=kinds.get(d, "space"), unit=unit if d in SPATIAL_DIMS else None)
         for d in dims
@@ -60,6 +71,7 @@ def _multiscales(levels_: list[xr.DataArray], name: str, root_attrs: dict[str, A
                 translation=org,
                 name=name,
                 axes_units=dict.fromkeys(SPATIAL_DIMS, unit),
+                axes_types=dict(axis_types) if axis_types else None,
             )
         )
         datasets.append(
@@ -72,7 +84,57 @@ def _multiscales(levels_: list[xr.DataArray], name: str, root_attrs: dict[str, A
             )
         )
     metadata = Metadata(axes=axes, datasets=datasets, coordinateTransformations=None, name=name)
+    if coordinate_system != "intrinsic" or axis_types:
+        metadata = _metadata_v06(metadata, coordinate_system, axis_types or {})
     return ngff_zarr.NgffMultiscales(images, metadata, root_attributes=root_attrs)
+
+
+def _metadata_v06(metadata, coordinate_system: str, axis_types: Mapping[str, str]):
+    """The 0.4-model ``metadata`` as ngff-zarr's 0.6 model, with the datasets mapping to
+    the coordinate system ``coordinate_system`` (RFC-5: each dataset's transform takes
+    ``input`` {path} to ``output`` {name}), and axes of a non-standard type (such as
+    ``displacement``, RFC-5's vector axis of a displacement field) marked ``discrete``."""
+    from ngff_zarr.v06.zarr_metadata import Axis as Axis06
+    from ngff_zarr.v06.zarr_metadata import (
+        CoordinateSystem,
+        CoordinateSystemIdentifier,
+        Dataset,
+        Metadata,
+        Scale,
+        TransformSequence,
+        Translation,
+    )
+
+    axes = [
+        Axis06(name=a.name, type=a.type, unit=a.unit,
+               discrete=True if a.name in axis_types else None)
+        for a in metadata.axes
+    ]
+    datasets = []
+    for k, ds in enumerate(metadata.datasets):
+        scale, translation = ds.coordinateTransformations
+        datasets.append(
+            Dataset(
+                path=ds.path,
+                coordinateTransformations=[
+                    TransformSequence(
+                        transformations=[
+                            Scale(scale=list(scale.scale)),
+                            Translation(translation=list(translation.translation)),
+                        ],
+                        input=CoordinateSystemIdentifier(path=ds.path),
+                        output=CoordinateSystemIdentifier(name=coordinate_system),
+                        name=f"scale{k}_to_{coordinate_system}",
+                    )
+                ],
+            )
+        )
+    return Metadata(
+        coordinateSystems=[CoordinateSystem(name=coordinate_system, axes=axes)],
+        datasets=datasets,
+        coordinateTransformations=None,
+        name=metadata.name,
+    )
 
 
 def _check_destination(path: Path, overwrite: bool) -> None:
@@ -138,6 +200,9 @@ def to_ome_zarr(
     method: Method = "mean",
     overwrite: bool = False,
     progress: bool = False,
+    coordinate_system: str = "intrinsic",
+    axis_types: Mapping[str, str] | None = None,
+    attributes: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write an image (as a new pyramid) or an existing pyramid to an OME-Zarr store.
 
@@ -160,6 +225,14 @@ def to_ome_zarr(
         Replace an existing store. The old one is removed only after the new one is complete.
     progress : bool
         Show a progress bar per level.
+    coordinate_system : str
+        OME-Zarr 0.6 only: the name of the coordinate system the datasets map to (RFC-5
+        ``coordinateSystems``). A registered image maps to ``"fixed"``.
+    axis_types : mapping of str to str, optional
+        OME-Zarr 0.6 only: axis types other than the default (``t`` time, ``c`` channel,
+        ``z, y, x`` space), e.g. ``{"c": "displacement"}`` for a displacement field.
+    attributes : mapping, optional
+        JSON-ready entries added to the store's ``ngffreg`` root attributes.
 
     Returns
     -------
@@ -178,6 +251,15 @@ def to_ome_zarr(
         raise InputError(
             "Sharding needs Zarr v3: use OME-Zarr 0.5 or 0.6, or drop the shards option."
         )
+    if version != "0.6" and (coordinate_system != "intrinsic" or axis_types):
+        raise InputError(
+            f"Named coordinate systems and custom axis types need OME-Zarr 0.6; got version "
+            f"{version!r}. Write with version='0.6', or drop coordinate_system/axis_types."
+        )
+    if not isinstance(coordinate_system, str) or not coordinate_system:
+        raise InputError(
+            f"coordinate_system must be a non-empty name; got {coordinate_system!r}."
+        )
     path = Path(path).expanduser().absolute()
     _check_destination(path, overwrite)
 
@@ -195,12 +277,14 @@ def to_ome_zarr(
             "source": _abs_source(lv[0].attrs.get("source")),
             "source_direction_zyx": (source_direction(lv[0]) + 0.0).tolist(),
             "downsampling": pyramid.attrs.get("method", method),
+            **dict(attributes or {}),
         }
     }
     tmp = path.parent / f".{path.name}.incomplete-{uuid.uuid4().hex[:8]}"
     try:
+        ms = _multiscales(lv, name, root_attrs, coordinate_system, axis_types)
         _write_levels(
-            lv, tmp, name, version, chunks_per_shard, root_attrs, derive, method, progress
+            ms, lv, tmp, name, version, chunks_per_shard, derive, method, progress
         )
         _swap_into_place(tmp, path)
     except OSError as exc:
@@ -218,10 +302,9 @@ def to_ome_zarr(
     return path
 
 
-def _write_levels(lv, tmp, name, version, chunks_per_shard, root_attrs, derive, method, progress):
+def _write_levels(ms, lv, tmp, name, version, chunks_per_shard, derive, method, progress):
     import ngff_zarr
 
-    ms = _multiscales(lv, name, root_attrs)
     shard = chunks_per_shard
     if isinstance(shard, Sequence) and not isinstance(shard, str):
         shard = dict(zip(lv[0].dims[-3:], shard, strict=True))

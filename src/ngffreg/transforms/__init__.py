@@ -19,6 +19,7 @@ from .model import (
     invert_field,
     sample_field,
 )
+from .ngff import read_registration, read_transforms, write_registration, write_transforms
 
 __all__ = [
     "Affine",
@@ -35,5 +36,9 @@ __all__ = [
     "compose",
     "inverse_report",
     "invert_field",
+    "read_registration",
+    "read_transforms",
     "sample_field",
+    "write_registration",
+    "write_transforms",
 ]
