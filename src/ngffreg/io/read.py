@@ -18,6 +18,7 @@ import xarray as xr
 
 from ..errors import InputError, InputNotFoundError, MissingSpacingError, UnitError
 from ..image import make_image
+from ..itk_bridge import geometry_from_itk
 from ..units import normalize_unit
 from . import n5, tiff
 
@@ -138,9 +139,8 @@ def _open_itk(path: Path, voxel_size, unit, name) -> xr.DataArray:
         raise InputError(f"{path} has {nd} dimensions; at most x, y, z and t are supported.")
     # ITK's direction matrix: column j is the physical direction of index axis j (x, y, z)
     d_xyz = np.array([io.GetDirection(j)[:3] for j in range(3)], dtype=np.float64).T
-    direction = d_xyz[::-1, ::-1]
-    spacing = np.array([io.GetSpacing(i) for i in range(3)])[::-1]
-    origin = np.array([io.GetOrigin(i) for i in range(3)])[::-1]
+    spacing, origin, direction = geometry_from_itk(
+        [io.GetSpacing(i) for i in range(3)], [io.GetOrigin(i) for i in range(3)], d_xyz)
     components = io.GetNumberOfComponents()
     dtype = _itk_dtype(io)
     shape = tuple(reversed(shape_xyz[:nd]))

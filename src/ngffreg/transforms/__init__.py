@@ -42,3 +42,36 @@ __all__ = [
     "write_registration",
     "write_transforms",
 ]
+
+# ITK / ANTs / c3d / BigWarp transform files
+from .files import (
+    bigwarp_transform,
+    load_transform_files,
+    read_ants_transforms,
+    read_bigwarp_landmarks,
+    read_c3d_matrix,
+    read_displacement_field,
+    read_itk_transform,
+    read_transform_file,
+    write_ants_transforms,
+    write_bigwarp_landmarks,
+    write_c3d_matrix,
+    write_displacement_field,
+    write_itk_transform,
+)
+
+__all__ += [
+    "bigwarp_transform",
+    "load_transform_files",
+    "read_ants_transforms",
+    "read_bigwarp_landmarks",
+    "read_c3d_matrix",
+    "read_displacement_field",
+    "read_itk_transform",
+    "read_transform_file",
+    "write_ants_transforms",
+    "write_bigwarp_landmarks",
+    "write_c3d_matrix",
+    "write_displacement_field",
+    "write_itk_transform",
+]
