@@ -247,8 +247,8 @@ def test_inverse_of_an_ants_syn_field(ants_syn):
     from ngffreg.io.read import open_image
     from ngffreg.transforms.files import read_displacement_field
 
-    warp = read_displacement_field(ants_syn["fwdtransforms"][0])
-    inv = invert_field(warp)
+    warp = read_displacement_field(ants_syn["fwdtransforms"][0]).compute()
+    inv = invert_field(warp).compute()
     report = inverse_report(inv)
     brain = open_image(ants_syn["fixed"])
     values = np.asarray(brain.data.compute())

@@ -85,8 +85,9 @@ def _parser() -> argparse.ArgumentParser:
         help="map physical points through a registration's transforms",
         description="Map the z,y,x points of a CSV file (physical units) from fixed to moving "
         "space (or back with --inverse). TRANSFORM is an ngffreg output store (its "
-        "'registration' transform) or ITK/ANTs transform files in ANTs order (the last one "
-        "is applied first; write [FILE,1] to invert one): affine .mat/.txt/.tfm, composite "
+        "'registration' transform) or ITK/ANTs transform files in ANTs order, as "
+        "ants.registration returns them in fwdtransforms (points go through the first file "
+        "first; write [FILE,1] to invert a linear one): affine .mat/.txt/.tfm, composite "
         ".h5, displacement-field images (.nii.gz, .nrrd, .mha), c3d/greedy 4x4 matrices, "
         "BigWarp landmark .csv.",
     )

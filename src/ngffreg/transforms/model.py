@@ -466,12 +466,25 @@ class DisplacementField(Transform):
         pts = as_points(points)
         if len(pts) <= batch_size:
             return self._apply(pts)
-        order = np.argsort(self._chunk_ids(pts, batch_size), kind="stable")
+        field = self._read_once()
+        order = np.argsort(field._chunk_ids(pts, batch_size), kind="stable")
         out = np.empty_like(pts)
         for start in range(0, len(pts), batch_size):
             sel = order[start:start + batch_size]
-            out[sel] = self._apply(pts[sel])
+            out[sel] = field._apply(pts[sel])
         return out
+
+    def _read_once(self) -> DisplacementField:
+        """Itself, or held in memory when it is one lazy chunk (a field read from an ITK
+        file): such a field is read whole on every access, so read it once per call."""
+        data = self.field.data
+        if isinstance(data, da.Array) and max(data.numblocks) == 1:
+            return self.compute()
+        return self
+
+    def _apply_inverse(self, y: np.ndarray, tolerance: float, max_iterations: int
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        return _fixed_point_inverse(self._read_once()._apply, y, tolerance, max_iterations)
 
     def _chunk_ids(self, points: np.ndarray, batch_size: int) -> np.ndarray:
         bounds = _chunk_bounds(self.field.data)
@@ -491,8 +504,11 @@ class DisplacementField(Transform):
         return invert_field(self, **kwargs)
 
     def compute(self) -> DisplacementField:
-        """The same field held in memory."""
-        return dataclasses.replace(self, field=self.field.compute())
+        """The same field (and residual, if any) held in memory, computed in one pass."""
+        if self.residual is None:
+            return dataclasses.replace(self, field=self.field.compute())
+        field_, residual = dask.compute(self.field, self.residual)
+        return dataclasses.replace(self, field=field_, residual=residual)
 
 
 def _grid_points(frame0: np.ndarray, sp: np.ndarray, d: np.ndarray, n: np.ndarray,
@@ -797,8 +813,10 @@ def invert_field(
     """
     frame0, sp, d, n = forward._grid
     data = forward.field.data
-    spatial = (data.chunks[1:] if isinstance(data, da.Array) and chunks is None
-               else _chunking(tuple(n), chunks or 64))
+    if chunks is None and isinstance(data, da.Array) and max(map(max, data.chunks[1:])) <= 128:
+        spatial = data.chunks[1:]
+    else:
+        spatial = _chunking(tuple(n), chunks or 96)
     with dask.config.set(scheduler="threads"):
         reach = float(da.nanmax(da.sqrt((da.asarray(data).astype(np.float64) ** 2).sum(axis=0)))
                       .compute()) if data.size else 0.0
@@ -853,11 +871,13 @@ def invert_field(
 
 
 def inverse_report(inverse: DisplacementField, *, tolerance: float = 1e-3) -> dict[str, Any]:
-    """Residual statistics of a field from :func:`invert_field` (computes it)."""
+    """Residual statistics of a field from :func:`invert_field`, in voxels (computes the
+    residual; call ``inverse.compute()`` first to keep the inverse field as well)."""
     if inverse.residual is None:
         raise TransformError("This field was not computed by invert_field; it has no residual.")
     voxel = float(min(inverse.spacing))
-    r = np.asarray(inverse.residual.data.compute()).reshape(-1) / voxel
+    grid = np.asarray(inverse.residual.values) / voxel
+    r = grid.reshape(-1)
     bad = r >= tolerance
     report: dict[str, Any] = {
         "median_voxels": float(np.median(r)), "p99_voxels": float(np.percentile(r, 99)),
@@ -865,6 +885,6 @@ def inverse_report(inverse: DisplacementField, *, tolerance: float = 1e-3) -> di
         "tolerance_voxels": tolerance,
     }
     if bad.any():
-        idx = np.argwhere(np.asarray(inverse.residual.data.compute()) / voxel >= tolerance)
+        idx = np.argwhere(grid >= tolerance)
         report["not_converged_index_box"] = [idx.min(axis=0).tolist(), idx.max(axis=0).tolist()]
     return report
