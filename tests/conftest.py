@@ -58,6 +58,23 @@ def dataset(data_dir: Path):
     return resolve
 
 
+@pytest.fixture
+def cli_fails(capsys):
+    """``cli_fails(argv, *needles)``: run the CLI, expect exit status 2 and an error message
+    holding every needle; returns the message."""
+    from ngffreg.cli import main
+
+    def run(argv: list[str], *needles: str) -> str:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "error:" in err
+        for needle in needles:
+            assert needle in err, err
+        return err
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def ants_syn(data_dir: Path) -> dict:
     """Outputs of ``ants.registration(mni, ch2, "SyN")``, computed once per machine.

@@ -35,15 +35,6 @@ def _leftovers(folder: Path, out: Path) -> list[str]:
     return [p.name for p in folder.iterdir() if out.name in p.name]
 
 
-def _fails(argv: list[str], capsys, *needles: str) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert "error:" in err
-    for needle in needles:
-        assert needle in err, err
-    return err
-
-
 def test_convert_then_info_json(tmp_path, capsys):
     out = tmp_path / "s.ome.zarr"
     options = ("--voxel-size", "2", "1", "1", "--unit", "um", "--chunks", "8", "--levels", "2")
@@ -66,53 +57,50 @@ def test_info_text_reports_source_direction(dataset, capsys):
     assert "source direction" in out
 
 
-def test_missing_input(tmp_path, capsys):
+def test_missing_input(tmp_path, cli_fails):
     out = tmp_path / "o.ome.zarr"
-    _fails(_convert_argv(tmp_path / "nope.nii.gz", out), capsys, "No such file")
+    cli_fails(_convert_argv(tmp_path / "nope.nii.gz", out), "No such file")
     assert not out.exists()
 
 
-def test_empty_folder(tmp_path, capsys):
+def test_empty_folder(tmp_path, cli_fails):
     (tmp_path / "empty").mkdir()
     out = tmp_path / "o.ome.zarr"
-    _fails(
+    cli_fails(
         _convert_argv(tmp_path / "empty", out, "--voxel-size", "1", "1", "1"),
-        capsys,
         "empty",
     )
     assert _leftovers(tmp_path, out) == []
 
 
-def test_two_d_input(tmp_path, capsys):
+def test_two_d_input(tmp_path, cli_fails):
     flat = tmp_path / "flat.tif"
     tifffile.imwrite(flat, np.zeros((20, 30), "uint16"))
     out = tmp_path / "o.ome.zarr"
-    _fails(_convert_argv(flat, out, "--voxel-size", "1", "1", "1"), capsys, "3-D")
+    cli_fails(_convert_argv(flat, out, "--voxel-size", "1", "1", "1"), "3-D")
     assert _leftovers(tmp_path, out) == []
 
 
-def test_tiff_without_voxel_size(tmp_path, capsys):
+def test_tiff_without_voxel_size(tmp_path, cli_fails):
     out = tmp_path / "o.ome.zarr"
-    _fails(_convert_argv(_stack(tmp_path), out), capsys, "no voxel size", "--voxel-size")
+    cli_fails(_convert_argv(_stack(tmp_path), out), "no voxel size", "--voxel-size")
     assert _leftovers(tmp_path, out) == []
 
 
 @pytest.mark.parametrize("size", [["0", "1", "1"], ["1", "-1", "1"]])
-def test_zero_or_negative_spacing(tmp_path, capsys, size):
+def test_zero_or_negative_spacing(tmp_path, cli_fails, size):
     out = tmp_path / "o.ome.zarr"
-    _fails(
+    cli_fails(
         _convert_argv(_stack(tmp_path), out, "--voxel-size", *size, "--unit", "um"),
-        capsys,
         "positive",
     )
     assert _leftovers(tmp_path, out) == []
 
 
-def test_unknown_unit(tmp_path, capsys):
+def test_unknown_unit(tmp_path, cli_fails):
     out = tmp_path / "o.ome.zarr"
-    _fails(
+    cli_fails(
         _convert_argv(_stack(tmp_path), out, "--voxel-size", "1", "1", "1", "--unit", "furlong"),
-        capsys,
         "Unknown unit",
         "micrometer",
     )
@@ -120,23 +108,22 @@ def test_unknown_unit(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("meta", ["zarr.json", "scale0/image/zarr.json"])
-def test_corrupted_zarr_metadata(tmp_path, capsys, meta):
+def test_corrupted_zarr_metadata(tmp_path, cli_fails, meta):
     src = tmp_path / "src.ome.zarr"
     ngffreg.to_ome_zarr(synthetic_volume((16, 16, 16)), src, chunks=8)
     (src / meta).write_text("{ this is not json")
     out = tmp_path / "o.ome.zarr"
-    err = _fails(_convert_argv(src, out), capsys)
+    err = cli_fails(_convert_argv(src, out))
     assert "corrupt" in err.lower() or "cannot" in err.lower()
     assert _leftovers(tmp_path, out) == []
 
 
-def test_existing_output_without_overwrite(tmp_path, capsys):
+def test_existing_output_without_overwrite(tmp_path, cli_fails):
     out = tmp_path / "o.ome.zarr"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    _fails(
+    cli_fails(
         _convert_argv(_stack(tmp_path), out, *VOXEL_UM),
-        capsys,
         "already exists",
         "--overwrite",
     )
@@ -144,7 +131,7 @@ def test_existing_output_without_overwrite(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("where", ["under-a-file", "read-only-fs", "missing-parent"])
-def test_unwritable_output(tmp_path, capsys, where):
+def test_unwritable_output(tmp_path, cli_fails, where):
     if where == "under-a-file":
         (tmp_path / "afile").write_text("x")
         out = tmp_path / "afile" / "o.ome.zarr"
@@ -152,9 +139,8 @@ def test_unwritable_output(tmp_path, capsys, where):
         out = Path("/proc/ngffreg-test.ome.zarr")
     else:
         out = tmp_path / "no" / "such" / "o.ome.zarr"
-    _fails(
+    cli_fails(
         _convert_argv(_stack(tmp_path), out, *VOXEL_UM, "--quiet"),
-        capsys,
         "Cannot write" if where != "read-only-fs" else "",
     )
     assert not out.exists()

@@ -29,15 +29,6 @@ def _points_csv(path: Path, pts: np.ndarray, **extra) -> Path:
     return path
 
 
-def _fails(argv: list[str], capsys, *needles: str) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert "error:" in err
-    for needle in needles:
-        assert needle in err, err
-    return err
-
-
 def _fixed_points(ants_syn, n: int) -> np.ndarray:
     from ngffreg import physical_bbox
     from ngffreg.io.read import open_image
@@ -128,7 +119,7 @@ def test_bijection_store_uses_the_stored_inverse(tmp_path):
         ("", ("empty",)),
     ],
 )
-def test_bad_points_csv(tmp_path, capsys, content, needles):
+def test_bad_points_csv(tmp_path, cli_fails, content, needles):
     affine = tmp_path / "a.txt"
     affine.write_text(ITK_2D.replace("2_2", "3_3").replace(
         "Parameters: 1 0 0 1 0 0\nFixedParameters: 0 0",
@@ -136,32 +127,32 @@ def test_bad_points_csv(tmp_path, capsys, content, needles):
     src = tmp_path / "in.csv"
     src.write_text(content)
     out = tmp_path / "out.csv"
-    _fails(["transform-points", str(affine), "--points", str(src), "-o", str(out)], capsys,
+    cli_fails(["transform-points", str(affine), "--points", str(src), "-o", str(out)],
            *needles)
     assert not out.exists()
 
 
-def test_bad_transforms(tmp_path, capsys):
+def test_bad_transforms(tmp_path, cli_fails):
     src = _points_csv(tmp_path / "in.csv", RNG.uniform(0, 5, size=(4, 3)))
     out = tmp_path / "out.csv"
     two_d = tmp_path / "two_d.txt"
     two_d.write_text(ITK_2D)
-    _fails(["transform-points", str(two_d), "--points", str(src), "-o", str(out)], capsys,
+    cli_fails(["transform-points", str(two_d), "--points", str(src), "-o", str(out)],
            "3-D")
-    _fails(["transform-points", str(tmp_path / "missing.mat"), "--points", str(src),
-            "-o", str(out)], capsys, "missing.mat")
+    cli_fails(["transform-points", str(tmp_path / "missing.mat"), "--points", str(src),
+            "-o", str(out)], "missing.mat")
     import itk
 
     vec2 = itk.Image[itk.Vector[itk.F, 2], 3].New()
     vec2.SetRegions([4, 4, 4])
     vec2.Allocate()
     itk.imwrite(vec2, str(tmp_path / "warp2.nii.gz"))
-    _fails(["transform-points", str(tmp_path / "warp2.nii.gz"), "--points", str(src),
-            "-o", str(out)], capsys, "2")
+    cli_fails(["transform-points", str(tmp_path / "warp2.nii.gz"), "--points", str(src),
+            "-o", str(out)], "2")
     assert not out.exists()
 
 
-def test_store_whose_sequence_does_not_chain(tmp_path, capsys):
+def test_store_whose_sequence_does_not_chain(tmp_path, cli_fails):
     import json
 
     from ngffreg import make_image
@@ -190,5 +181,5 @@ def test_store_whose_sequence_does_not_chain(tmp_path, capsys):
     })
     meta_path.write_text(json.dumps(meta))
     src = _points_csv(tmp_path / "in.csv", RNG.uniform(0, 3, size=(4, 3)))
-    _fails(["transform-points", str(store), "--points", str(src), "-o",
-            str(tmp_path / "o.csv")], capsys, "chain")
+    cli_fails(["transform-points", str(store), "--points", str(src), "-o",
+            str(tmp_path / "o.csv")], "chain")
