@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import TransformError
+from .errors import InputError, TransformError
 
 #: Reverses the three spatial axes of a homogeneous 4-vector and keeps the 1.
 P4 = np.array(
@@ -33,6 +33,25 @@ P3 = P4[:3, :3].copy()
 # ---------------------------------------------------------------------------
 # points, matrices, vectors
 # ---------------------------------------------------------------------------
+def read_image_io(path: Any, error: type[InputError] = InputError) -> Any:
+    """An ITK ImageIO with the header of ``path`` read (no pixels); ``error`` is raised,
+    with ITK's reason, when the file is not an image ITK can read."""
+    import itk
+
+    try:
+        io = itk.ImageIOFactory.CreateImageIO(str(path), itk.CommonEnums.IOFileMode_ReadMode)
+    except Exception as exc:  # itk raises RuntimeError subclasses with C++ text
+        raise error(f"ITK cannot read {path}: {exc}") from exc
+    if io is None:
+        raise error(f"ITK cannot read {path}: the file is not a readable image.")
+    io.SetFileName(str(path))
+    try:
+        io.ReadImageInformation()
+    except Exception as exc:
+        raise error(f"ITK cannot read the header of {path}: {exc}") from exc
+    return io
+
+
 def points_to_itk(points_zyx: Any) -> np.ndarray:
     """``(N, 3)`` z, y, x points as x, y, z points (a new float64 array)."""
     return np.ascontiguousarray(np.asarray(points_zyx, dtype=np.float64)[..., ::-1])

@@ -116,17 +116,9 @@ def _resolve_spacing(
 def _open_itk(path: Path, voxel_size, unit, name) -> xr.DataArray:
     import itk
 
-    try:
-        io = itk.ImageIOFactory.CreateImageIO(str(path), itk.CommonEnums.IOFileMode_ReadMode)
-    except Exception as exc:  # itk raises RuntimeError subclasses with C++ text
-        raise InputError(f"ITK cannot read {path}: {exc}") from exc
-    if io is None:
-        raise InputError(f"ITK cannot read {path}: the file is not a readable image.")
-    io.SetFileName(str(path))
-    try:
-        io.ReadImageInformation()
-    except Exception as exc:
-        raise InputError(f"ITK cannot read the header of {path}: {exc}") from exc
+    from ..itk_bridge import read_image_io
+
+    io = read_image_io(path)
     nd = io.GetNumberOfDimensions()
     if nd < 3:
         raise InputError(

@@ -294,17 +294,9 @@ def write_itk_transform(transform: Transform, path: str | Path) -> Path:
 # displacement-field images
 # ---------------------------------------------------------------------------
 def _field_header(path: Path) -> tuple[int, int]:
-    import itk
+    from ..itk_bridge import read_image_io
 
-    io = itk.ImageIOFactory.CreateImageIO(str(path), itk.CommonEnums.IOFileMode_ReadMode)
-    if io is None:
-        raise TransformError(f"{path} is not an image ITK can read; a displacement field must be "
-                             "a vector image (.nii.gz, .nrrd, .mha).")
-    io.SetFileName(str(path))
-    try:
-        io.ReadImageInformation()
-    except Exception as exc:
-        raise TransformError(f"ITK cannot read the header of {path}: {exc}") from exc
+    io = read_image_io(path, TransformError)
     return int(io.GetNumberOfDimensions()), int(io.GetNumberOfComponents())
 
 
