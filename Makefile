@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ngffreg-installed
 DEMO   := demo-output
 
-.PHONY: install demo test lint bench-convert clean
+.PHONY: install demo test lint bench-convert bench-points clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ lint: $(STAMP)
 
 bench-convert: $(STAMP)
 	$(PY) benchmarks/bench_convert.py
+
+bench-points: $(STAMP)
+	$(PY) benchmarks/bench_points.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -6,6 +6,7 @@ other faces are thin wrappers over it.
 
 from __future__ import annotations
 
+from . import transforms
 from .errors import (
     CatalogError,
     InputError,
@@ -55,5 +56,6 @@ __all__ = [
     "to_ome_zarr",
     "to_pyramid",
     "to_units",
+    "transforms",
     "units",
 ]
