@@ -54,9 +54,9 @@ def _smooth_field(rng: np.random.Generator, shape=(12, 14, 16), spacing=(2.0, 1.
 
 def _points_inside(field: DisplacementField, rng: np.random.Generator, n: int) -> np.ndarray:
     """Random physical points (z, y, x) well inside the field's grid."""
-    frame0, sp, d, shape = field._grid
-    idx = rng.uniform(1, np.asarray(shape) - 2, (n, 3))
-    return (frame0 + idx * sp) @ d.T
+    g = field.grid
+    idx = rng.uniform(1, np.asarray(g.shape) - 2, (n, 3))
+    return (g.frame_origin + idx * g.spacing) @ g.direction.T
 
 
 def _itk_map(transform, points_zyx: np.ndarray) -> np.ndarray:

@@ -100,7 +100,7 @@ def assert_same(a, b) -> None:
         assert x.dtype == y.dtype and x.shape == y.shape
         assert x.tobytes() == y.tobytes()
         assert np.allclose(a.spacing, b.spacing, rtol=0, atol=1e-12)
-        assert np.allclose(a._grid[0], b._grid[0], rtol=0, atol=1e-12)
+        assert np.allclose(a.grid.frame_origin, b.grid.frame_origin, rtol=0, atol=1e-12)
         assert a.unit == b.unit and a.outside == b.outside
 
 
@@ -146,7 +146,7 @@ def test_registration_bijection_with_field_inverse_round_trips(store: Path) -> N
     smooth = _field(shape=(8, 9, 10))
     field = DisplacementField.from_array(  # small enough to invert
         ndimage.gaussian_filter(np.asarray(smooth.field.data), (0, 1, 1, 1)) * 0.5,
-        spacing=smooth.spacing, origin=smooth._grid[0], unit="um")
+        spacing=smooth.spacing, origin=smooth.grid.origin, unit="um")
     aff = _affine(5)
     forward = Sequence(transforms=(field.renamed(input="fixed", output="warped"),
                                    aff.renamed(input="warped", output="moving")))
@@ -499,7 +499,7 @@ def test_field_in_other_units_is_converted(store: Path) -> None:
     field = _field()
     in_nm = DisplacementField.from_array(
         field.field.data * 1000.0, spacing=np.asarray(field.spacing) * 1000.0,
-        origin=np.asarray(field._grid[0]) * 1000.0, unit="nm", input="fixed", output="moving")
+        origin=field.grid.origin * 1000.0, unit="nm", input="fixed", output="moving")
     write_registration(store, in_nm)
     got = read_registration(store)
     assert got.unit == "micrometer"

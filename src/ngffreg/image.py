@@ -341,3 +341,68 @@ def describe(image: xr.DataArray) -> dict[str, Any]:
         "units": units(image),
         "chunks": chunks,
     }
+
+
+class Grid:
+    """The physical sampling grid of an image: ``shape``, ``spacing``, the origin in the
+    image's own frame (``frame_origin``), ``direction`` and ``unit`` (z, y, x).
+
+    A grid point ``index`` is at ``direction @ (frame_origin + spacing * index)``.
+    """
+
+    __slots__ = ("direction", "frame_origin", "shape", "spacing", "unit")
+
+    def __init__(self, shape: Any, spacing: Any, frame_origin: Any, direction: Any = None,
+                 unit: str = "micrometer") -> None:
+        self.shape = tuple(int(n) for n in shape)
+        self.spacing = validate_spacing(spacing)
+        self.frame_origin = _vec3(frame_origin, "Origin")
+        self.direction = np.eye(3) if direction is None else _check_direction(direction)
+        self.unit = normalize_unit(unit)
+
+    @classmethod
+    def of(cls, image: xr.DataArray) -> Grid:
+        """The grid of an image (its last three dims z, y, x)."""
+        _check_image(image)
+        frame = [float(image.coords[d].values[0]) for d in SPATIAL_DIMS]
+        return cls([image.sizes[d] for d in SPATIAL_DIMS], spacing(image), frame,
+                   direction(image), units(image))
+
+    @classmethod
+    def from_origin(cls, shape: Any, spacing: Any, origin: Any = None, direction: Any = None,
+                    unit: str = "micrometer") -> Grid:
+        """A grid given its physical ``origin`` (the centre of voxel 0, 0, 0)."""
+        d = np.eye(3) if direction is None else _check_direction(direction)
+        org = np.zeros(3) if origin is None else _vec3(origin, "Origin")
+        return cls(shape, spacing, d.T @ org, d, unit)
+
+    @property
+    def origin(self) -> np.ndarray:
+        return self.direction @ self.frame_origin
+
+    @property
+    def is_axis_aligned(self) -> bool:
+        return bool(np.allclose(self.direction, np.eye(3)))
+
+    def points(self, region: tuple[slice, ...] | None = None) -> np.ndarray:
+        """Physical positions (N, 3) of the grid points in ``region`` (C order)."""
+        region = region or tuple(slice(0, n) for n in self.shape)
+        axes = [self.frame_origin[k] + self.spacing[k]
+                * np.arange(*region[k].indices(self.shape[k])) for k in range(3)]
+        frame = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+        return frame if self.is_axis_aligned else frame @ self.direction.T
+
+    def continuous_index(self, points: np.ndarray) -> np.ndarray:
+        """Continuous indices (N, 3; z, y, x) of physical points."""
+        return (points @ self.direction - self.frame_origin) / self.spacing
+
+    def inside(self, cidx: np.ndarray) -> np.ndarray:
+        """Which continuous indices fall in the grid, by ITK's rule: ``[-0.5, n - 0.5)``."""
+        return np.all((cidx >= -0.5) & (cidx < np.asarray(self.shape) - 0.5), axis=1)
+
+    def image(self, data: Any, *, dims: Sequence[str] | None = None, name: str = "image",
+              attrs: dict[str, Any] | None = None) -> xr.DataArray:
+        """An image on this grid holding ``data`` (last three axes z, y, x)."""
+        return make_image(data, spacing=self.spacing, origin=self.origin,
+                          direction=self.direction, unit=self.unit, dims=dims, name=name,
+                          attrs=attrs)

@@ -245,9 +245,10 @@ def _to_itk(step: Transform) -> Any:
     if step.is_linear:
         return itk_bridge.matrix_to_itk_affine(step.matrix)
     if isinstance(step, DisplacementField):
-        frame0, sp, d, _ = step._grid
+        grid = step.grid
         image = itk_bridge.array_to_vector_image(
-            np.asarray(step.field.data), sp, d @ frame0, d, dtype=np.float64)
+            np.asarray(step.field.data), grid.spacing, grid.origin, grid.direction,
+            dtype=np.float64)
         t = itk.DisplacementFieldTransform[itk.D, 3].New()
         t.SetDisplacementField(image)
         return t
@@ -349,10 +350,11 @@ def write_displacement_field(field: DisplacementField, path: str | Path, *,
                          f"{', '.join(FIELD_SUFFIXES)}.")
     import itk
 
-    frame0, sp, d, _ = field._grid
+    grid = field.grid
     data = field.field.data
     data = np.asarray(data.compute() if hasattr(data, "compute") else data)
-    image = itk_bridge.array_to_vector_image(data, sp, d @ frame0, d, dtype=dtype)
+    image = itk_bridge.array_to_vector_image(data, grid.spacing, grid.origin, grid.direction,
+                                             dtype=dtype)
     p.parent.mkdir(parents=True, exist_ok=True)
     itk.imwrite(image, str(p), compression=True)
     return p

@@ -37,8 +37,7 @@ import xarray as xr
 from scipy import ndimage
 
 from ..errors import TransformError
-from ..image import SPATIAL_DIMS, make_image
-from ..image import direction as image_direction
+from ..image import SPATIAL_DIMS, Grid, make_image
 from ..image import spacing as image_spacing
 from ..image import units as image_units
 
@@ -413,11 +412,9 @@ class DisplacementField(Transform):
 
     # grid -----------------------------------------------------------------
     @cached_property
-    def _grid(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        f = self.field
-        frame0 = np.array([float(f.coords[d].values[0]) for d in SPATIAL_DIMS])
-        return (frame0, np.asarray(image_spacing(f)), image_direction(f),
-                np.asarray(f.shape[1:]))
+    def grid(self) -> Grid:
+        """The field's physical grid."""
+        return Grid.of(self.field)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -433,24 +430,21 @@ class DisplacementField(Transform):
 
     def continuous_index(self, points: np.ndarray) -> np.ndarray:
         """Continuous grid indices (z, y, x) of physical points."""
-        frame0, sp, d, _ = self._grid
-        return (points @ d - frame0) / sp
+        return self.grid.continuous_index(points)
 
     def grid_points(self, region: tuple[slice, ...] | None = None) -> np.ndarray:
         """Physical positions (N, 3) of the grid points in ``region`` (C order)."""
-        frame0, sp, d, n = self._grid
-        return _grid_points(frame0, sp, d, n, region)
+        return self.grid.points(region)
 
     def displacement(self, points: Any) -> np.ndarray:
         """``d(p)`` at physical points (N, 3)."""
         pts = as_points(points)
         cidx = self.continuous_index(pts)
-        n = self._grid[3]
         out = np.zeros_like(pts)
         if self.outside == "nearest":
             inside = np.ones(len(pts), dtype=bool)
         else:
-            inside = np.all((cidx >= -0.5) & (cidx < n - 0.5), axis=1)
+            inside = self.grid.inside(cidx)
             if self.outside == "nan":
                 out[~inside] = np.nan
         if inside.any():
@@ -489,7 +483,7 @@ class DisplacementField(Transform):
     def _chunk_ids(self, points: np.ndarray, batch_size: int) -> np.ndarray:
         bounds = _chunk_bounds(self.field.data)
         counts = [len(b) - 1 for b in bounds]
-        n = self._grid[3]
+        n = np.asarray(self.grid.shape)
         ids = np.empty(len(points), dtype=np.int64)
         for start in range(0, len(points), batch_size):
             cidx = self.continuous_index(points[start:start + batch_size])
@@ -509,16 +503,6 @@ class DisplacementField(Transform):
             return dataclasses.replace(self, field=self.field.compute())
         field_, residual = dask.compute(self.field, self.residual)
         return dataclasses.replace(self, field=field_, residual=residual)
-
-
-def _grid_points(frame0: np.ndarray, sp: np.ndarray, d: np.ndarray, n: np.ndarray,
-                 region: tuple[slice, ...] | None = None) -> np.ndarray:
-    region = region or tuple(slice(0, int(k)) for k in n)
-    axes = [frame0[k] + sp[k] * np.arange(*region[k].indices(int(n[k]))) for k in range(3)]
-    frame = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
-    if not np.allclose(d, np.eye(3)):
-        frame = frame @ d.T
-    return frame
 
 
 # ---------------------------------------------------------------------------
@@ -751,47 +735,45 @@ def _block_region(block_info: dict) -> tuple[slice, ...]:
 
 
 def sample_field(
-    transform: Transform, *, like: xr.DataArray | DisplacementField | None = None,
+    transform: Transform, *, like: xr.DataArray | DisplacementField | Grid | None = None,
     shape: Iterable[int] | None = None, spacing: Any = None, origin: Any = None,
     direction: Any = None, unit: str | None = None, chunks: Any = 64,
     dtype: Any = np.float32,
 ) -> DisplacementField:
     """``transform`` sampled as a lazy displacement field ``T(p) - p`` on a grid.
 
-    The grid is ``like``'s (an image or a field) or the one given by ``shape``,
-    ``spacing``, ``origin``, ``direction``, ``unit``. Each chunk computes its own points,
-    so nothing holds the whole grid.
+    The grid is ``like``'s (an image, a field or a :class:`~ngffreg.image.Grid`) or the one
+    given by ``shape``, ``spacing``, ``origin``, ``direction``, ``unit``. Each chunk
+    computes its own points, so nothing holds the whole grid.
     """
-    if like is not None:
-        img = like.field if isinstance(like, DisplacementField) else like
-        shape = tuple(int(img.sizes[d]) for d in SPATIAL_DIMS)
-        spacing = image_spacing(img)
-        frame0 = np.array([float(img.coords[d].values[0]) for d in SPATIAL_DIMS])
-        direction = image_direction(img)
-        origin = direction @ frame0
-        unit = unit or image_units(img)
-    if shape is None or spacing is None:
-        raise TransformError("sample_field needs like= or shape= and spacing=.")
-    shape = tuple(int(n) for n in shape)
-    d = np.eye(3) if direction is None else np.asarray(direction, dtype=np.float64)
-    org = np.zeros(3) if origin is None else _vector(origin, "origin")
-    sp = _vector(spacing, "spacing")
-    frame0 = d.T @ org
-    n = np.asarray(shape)
-    spatial = _chunking(shape, chunks)
+    grid = _as_grid(like, shape, spacing, origin, direction, unit)
 
     def block(block_info=None):
         region = _block_region(block_info)
-        pts = _grid_points(frame0, sp, d, n, region)
+        pts = grid.points(region)
         disp = transform.apply(pts) - pts
         out_shape = tuple(s.stop - s.start for s in region)
         return np.moveaxis(disp.reshape(*out_shape, 3), -1, 0).astype(dtype)
 
-    data = da.map_blocks(block, chunks=((3,), *spatial), dtype=dtype,
+    data = da.map_blocks(block, chunks=((3,), *_chunking(grid.shape, chunks)), dtype=dtype,
                          meta=np.empty((0, 0, 0, 0), dtype=dtype))
-    return DisplacementField.from_array(
-        data, spacing=sp, origin=org, direction=d, unit=unit or "micrometer",
-        input=transform.input, output=transform.output)
+    return DisplacementField(field=grid.image(data, dims=("c", *SPATIAL_DIMS),
+                                              name="displacement"),
+                             input=transform.input, output=transform.output)
+
+
+def _as_grid(like: Any, shape: Any, spacing: Any, origin: Any, direction: Any,
+             unit: str | None) -> Grid:
+    """The grid of ``like`` (image, field or Grid), or one from its physical parameters."""
+    if isinstance(like, Grid):
+        return like
+    if isinstance(like, DisplacementField):
+        return like.grid
+    if like is not None:
+        return Grid.of(like)
+    if shape is None or spacing is None:
+        raise TransformError("Give like= (an image or grid), or shape= and spacing=.")
+    return Grid.from_origin(shape, spacing, origin, direction, unit or "micrometer")
 
 
 def invert_field(
@@ -811,7 +793,8 @@ def invert_field(
     Points whose inverse lies outside ``forward``'s grid keep ``u = -d`` of the nearest
     reachable point; the residual marks them.
     """
-    frame0, sp, d, n = forward._grid
+    grid = forward.grid
+    sp, n = grid.spacing, np.asarray(grid.shape)
     data = forward.field.data
     if chunks is None and isinstance(data, da.Array) and max(map(max, data.chunks[1:])) <= 128:
         spatial = data.chunks[1:]
@@ -829,16 +812,16 @@ def invert_field(
 
     def block(block_info=None):
         region = _block_region(block_info)
-        y = _grid_points(frame0, sp, d, n, region)
+        y = grid.points(region)
         lo = np.array([max(s.start - m, 0) for s, m in zip(region, margin, strict=True)])
         hi = np.array([min(s.stop + m, k) for s, m, k in zip(region, margin, n, strict=True)])
         fwd = _read(data, (slice(None), *(slice(a, b) for a, b in zip(lo, hi, strict=True))))
 
         def disp(x: np.ndarray) -> np.ndarray:
-            cidx = (x @ d - frame0) / sp
+            cidx = grid.continuous_index(x)
             out = _interpolate(fwd, cidx - lo)
             if outside != "nearest":
-                out[~np.all((cidx >= -0.5) & (cidx < n - 0.5), axis=1)] = 0.0
+                out[~grid.inside(cidx)] = 0.0
             return out
 
         u = -disp(y)
@@ -861,12 +844,10 @@ def invert_field(
 
     both = da.map_blocks(block, chunks=((4,), *spatial), dtype=np.float32,
                          meta=np.empty((0, 0, 0, 0), dtype=np.float32))
-    origin = d @ frame0
-    inverse = DisplacementField.from_array(
-        both[:3], spacing=sp, origin=origin, direction=d, unit=forward.unit,
+    inverse = DisplacementField(
+        field=grid.image(both[:3], dims=("c", *SPATIAL_DIMS), name="displacement"),
         outside=forward.outside, **forward._swapped())
-    residual = make_image(both[3], spacing=sp, origin=origin, direction=d, unit=forward.unit,
-                          name="inverse_residual")
+    residual = grid.image(both[3], name="inverse_residual")
     return dataclasses.replace(inverse, residual=residual)
 
 
