@@ -34,17 +34,15 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
-from scipy import ndimage
 
 from ..errors import TransformError
 from ..image import SPATIAL_DIMS, Grid, make_image
 from ..image import spacing as image_spacing
 from ..image import units as image_units
+from ..sampling import REGION_BYTES, chunk_bounds, interpolate, read_region, sample
 
 #: Points pushed through a transform per batch.
 DEFAULT_BATCH = 1_000_000
-#: Largest field region (bytes) read in one piece; beyond it, points go chunk by chunk.
-REGION_BYTES = 256 * 2**20
 #: What a displacement field does at points outside its grid.
 OUTSIDE_POLICIES = ("zero", "nearest", "nan")
 
@@ -302,61 +300,9 @@ class Affine(_Linear):
 # ---------------------------------------------------------------------------
 # displacement fields
 # ---------------------------------------------------------------------------
-def _read(data: Any, region: tuple[slice, ...]) -> np.ndarray:
-    """``data[region]`` as numpy; dask arrays are read on the calling thread (safe in tasks)."""
-    part = data[region]
-    if isinstance(part, da.Array):
-        part = part.compute(scheduler="synchronous")
-    return np.asarray(part, dtype=np.float64)
-
-
-def _interpolate(region: np.ndarray, local: np.ndarray) -> np.ndarray:
-    """Trilinear values (m, 3) of a (3, z, y, x) region at local continuous indices (m, 3).
-
-    Neighbours past the region's edge repeat the edge (ITK's clamping)."""
-    out = np.empty((len(local), 3), dtype=np.float64)
-    coords = local.T
-    for k in range(3):
-        ndimage.map_coordinates(region[k], coords, output=out[:, k], order=1, mode="nearest",
-                                prefilter=False)
-    return out
-
-
-def _chunk_bounds(data: Any) -> list[np.ndarray]:
-    if isinstance(data, da.Array):
-        return [np.concatenate([[0], np.cumsum(c)]) for c in data.chunks[1:]]
-    return [np.array([0, n]) for n in data.shape[1:]]
-
-
 def _sample_field(data: Any, cidx: np.ndarray, region_bytes: int = REGION_BYTES) -> np.ndarray:
-    """Interpolate the (3, z, y, x) ``data`` at continuous indices ``cidx`` (m, 3)."""
-    if len(cidx) == 0:
-        return np.zeros((0, 3))
-    n = np.asarray(data.shape[1:])
-    base = np.clip(np.floor(cidx).astype(np.int64), 0, n - 1)
-    lo = base.min(axis=0)
-    hi = np.minimum(base.max(axis=0) + 2, n)
-    if 3 * 8 * int(np.prod(hi - lo)) <= region_bytes:
-        region = _read(data, (slice(None), *(slice(a, b) for a, b in zip(lo, hi, strict=True))))
-        return _interpolate(region, cidx - lo)
-    # Too large a region: go chunk by chunk (each chunk plus a one-voxel halo).
-    bounds = _chunk_bounds(data)
-    ids = np.stack([np.searchsorted(b, base[:, k], side="right") - 1
-                    for k, b in enumerate(bounds)], axis=1)
-    counts = [len(b) - 1 for b in bounds]
-    flat = np.ravel_multi_index(ids.T, counts)
-    order = np.argsort(flat, kind="stable")
-    out = np.empty((len(cidx), 3))
-    uniq, starts = np.unique(flat[order], return_index=True)
-    ends = np.append(starts[1:], len(order))
-    for chunk, s, e in zip(uniq, starts, ends, strict=True):
-        sel = order[s:e]
-        cid = np.unravel_index(chunk, counts)
-        lo_c = np.array([bounds[k][cid[k]] for k in range(3)])
-        hi_c = np.array([min(bounds[k][cid[k] + 1] + 1, n[k]) for k in range(3)])
-        region = _read(data, (slice(None), *(slice(a, b) for a, b in zip(lo_c, hi_c, strict=True))))
-        out[sel] = _interpolate(region, cidx[sel] - lo_c)
-    return out
+    """Trilinear values (m, 3) of the (3, z, y, x) field ``data`` at continuous indices."""
+    return sample(data, cidx, order=1, region_bytes=region_bytes)
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -481,7 +427,7 @@ class DisplacementField(Transform):
         return _fixed_point_inverse(self._read_once()._apply, y, tolerance, max_iterations)
 
     def _chunk_ids(self, points: np.ndarray, batch_size: int) -> np.ndarray:
-        bounds = _chunk_bounds(self.field.data)
+        bounds = chunk_bounds(self.field.data)
         counts = [len(b) - 1 for b in bounds]
         n = np.asarray(self.grid.shape)
         ids = np.empty(len(points), dtype=np.int64)
@@ -815,11 +761,12 @@ def invert_field(
         y = grid.points(region)
         lo = np.array([max(s.start - m, 0) for s, m in zip(region, margin, strict=True)])
         hi = np.array([min(s.stop + m, k) for s, m, k in zip(region, margin, n, strict=True)])
-        fwd = _read(data, (slice(None), *(slice(a, b) for a, b in zip(lo, hi, strict=True))))
+        fwd = read_region(data, (slice(None), *(slice(a, b) for a, b in zip(lo, hi, strict=True))))
+        fwd = fwd.astype(np.float64, copy=False)
 
         def disp(x: np.ndarray) -> np.ndarray:
             cidx = grid.continuous_index(x)
-            out = _interpolate(fwd, cidx - lo)
+            out = interpolate(fwd, cidx - lo)
             if outside != "nearest":
                 out[~grid.inside(cidx)] = 0.0
             return out
