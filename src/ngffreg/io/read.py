@@ -6,6 +6,7 @@ itk, direction included), N5, Zarr v2 and v3 arrays, OME-Zarr 0.4 / 0.5 / 0.6 (a
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 from pathlib import Path
@@ -114,7 +115,6 @@ def _resolve_spacing(
 
 
 def _open_itk(path: Path, voxel_size, unit, name) -> xr.DataArray:
-    import itk
 
     from ..itk_bridge import read_image_io
 
@@ -140,14 +140,9 @@ def _open_itk(path: Path, voxel_size, unit, name) -> xr.DataArray:
     if components > 1:
         shape = (*shape, components)
 
-    def load(p=str(path), dtype=dtype, scalar=components == 1, shape=shape) -> np.ndarray:
-        # ITK's Python wrapping lacks int8 and int64 images: read those through a wider type
-        wider = {"i1": itk.SS, "i8": itk.D}.get(dtype.str[1:]) if scalar else None
-        image = itk.imread(p, wider) if wider is not None else itk.imread(p)
-        # reshape: a 4-D file with one time point is declared 3-D above
-        return np.asarray(itk.array_from_image(image)).astype(dtype, copy=False).reshape(shape)
-
-    data = da.from_delayed(dask.delayed(load)(), shape=shape, dtype=dtype)
+    stat = path.stat()
+    key = (str(path), stat.st_mtime_ns, stat.st_size, dtype.str, components == 1, shape)
+    data = da.from_delayed(dask.delayed(_load_itk_pixels)(*key), shape=shape, dtype=dtype)
     if components > 1:
         data = da.moveaxis(data, -1, -4)
         dims = (*dims[:-3], "c", *dims[-3:]) if nd == 3 else ("t", "c", "z", "y", "x")
@@ -156,6 +151,36 @@ def _open_itk(path: Path, voxel_size, unit, name) -> xr.DataArray:
         data, spacing=spacing, origin=origin, direction=direction, unit=chosen_unit, dims=dims,
         name=name, attrs={"source": str(path), "format": "itk"},
     )
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_itk_pixels(path: str, mtime_ns: int, size: int, dtype: str, scalar: bool,
+                       shape: tuple[int, ...]) -> np.ndarray:
+    import itk
+
+    dt = np.dtype(dtype)
+    # ITK's Python wrapping lacks int8 and int64 images: read those through a wider type
+    wider = {"i1": itk.SS, "i8": itk.D}.get(dt.str[1:]) if scalar else None
+    image = itk.imread(path, wider) if wider is not None else itk.imread(path)
+    # reshape: a 4-D file with one time point is declared 3-D
+    pixels = np.asarray(itk.array_from_image(image)).astype(dt, copy=False).reshape(shape)
+    pixels.setflags(write=False)
+    return pixels
+
+
+def _load_itk_pixels(path: str, mtime_ns: int, size: int, dtype: str, scalar: bool,
+                     shape: tuple[int, ...]) -> np.ndarray:
+    """The pixels of an ITK file (NIfTI, NRRD, MHA), read whole: ITK cannot read part of a
+    compressed file. Files up to 1 GiB are kept (read-only, the last four, keyed by path,
+    modification time and size), so the many tasks that each need a region of one file
+    read it once per process rather than once per task."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if nbytes <= _ITK_CACHE_BYTES:
+        return _cached_itk_pixels(path, mtime_ns, size, dtype, scalar, shape)
+    return _cached_itk_pixels.__wrapped__(path, mtime_ns, size, dtype, scalar, shape)
+
+
+_ITK_CACHE_BYTES = 2**30
 
 
 def _itk_dtype(io) -> np.dtype:

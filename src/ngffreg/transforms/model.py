@@ -36,7 +36,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import TransformError
-from ..image import SPATIAL_DIMS, Grid, make_image
+from ..image import SPATIAL_DIMS, Grid, apply_linear, make_image
 from ..image import spacing as image_spacing
 from ..image import units as image_units
 from ..sampling import REGION_BYTES, chunk_bounds, interpolate, read_region, sample
@@ -198,7 +198,7 @@ class _Linear(Transform):
 
     def _apply(self, points: np.ndarray) -> np.ndarray:
         m = self.matrix
-        return points @ m[:3, :3].T + m[:3, 3]
+        return apply_linear(points, m[:3, :3], m[:3, 3])
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
