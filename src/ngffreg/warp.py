@@ -134,3 +134,138 @@ def warp(
     attrs = {"warped_from": moving.attrs.get("source", moving.name),
              "interpolator": interpolator}
     return grid.image(data, name=moving.name or "image", attrs=attrs)
+
+
+# ---------------------------------------------------------------------------
+# pyramids and output stores
+# ---------------------------------------------------------------------------
+PYRAMID_MODES = ("downsample", "per-level")
+
+
+def _moving_levels(moving: Any) -> list[xr.DataArray]:
+    if isinstance(moving, xr.DataTree):
+        from .pyramid import levels
+
+        return levels(moving)
+    if isinstance(moving, xr.DataArray):
+        return [moving]
+    return list(moving)
+
+
+def choose_moving_level(moving_levels: list[xr.DataArray], output_spacing: Any
+                        ) -> tuple[int, str]:
+    """The coarsest moving level whose voxels are no larger than ``output_spacing`` on any
+    axis (so the output is not under-sampled), and why."""
+    from .image import spacing
+
+    target = np.asarray(output_spacing, dtype=np.float64)
+    unit = None
+    best = 0
+    for j, lv in enumerate(moving_levels):
+        unit = unit or units(lv)
+        sp = np.asarray(spacing(to_units(lv, unit) if units(lv) != unit else lv))
+        if np.all(sp <= target * (1 + 1e-6)):
+            best = j
+    sp0 = np.round(np.asarray(spacing(moving_levels[best])), 6).tolist()
+    if len(moving_levels) == 1:
+        return 0, "the moving image has one level"
+    return best, (f"moving level {best} (spacing {sp0}) is the coarsest no coarser than the "
+                  f"output's {np.round(target, 6).tolist()}")
+
+
+def warp_pyramid(
+    moving: Any,
+    transform: Transform,
+    *,
+    like: xr.DataArray,
+    n_levels: int | None = None,
+    interpolator: str = "linear",
+    fill_value: float = 0.0,
+    chunks: Any = DEFAULT_CHUNK,
+) -> tuple[xr.DataTree, list[dict[str, Any]]]:
+    """Warp every level of an output pyramid from the moving level whose spacing fits.
+
+    The output levels are the fixed grid's own pyramid (:func:`ngffreg.to_pyramid`); each
+    is warped directly from the coarsest moving level whose voxels are no larger than the
+    output level's (``moving`` may be one image, a list of levels or a pyramid). Returns the
+    lazy pyramid and, per level, which moving level it came from and why.
+    """
+    from .pyramid import levels, to_pyramid
+
+    moving_levels = _moving_levels(moving)
+    method = "nearest" if interpolation_order(interpolator) == 0 else "mean"
+    grid0 = Grid.of(like)
+    template = grid0.image(da.zeros(grid0.shape, dtype=np.uint8, chunks=chunks),
+                           name=moving_levels[0].name or "image")
+    pyramid = to_pyramid(template, n_levels=n_levels, method=method, chunks=chunks)
+    from .image import spacing
+
+    report = []
+    for k, level_grid in enumerate(levels(pyramid)):
+        j, why = choose_moving_level(moving_levels, spacing(level_grid))
+        out = warp(moving_levels[j], transform, like=level_grid, interpolator=interpolator,
+                   fill_value=fill_value, chunks=chunks)
+        node = pyramid[f"scale{k}"]
+        pyramid[f"scale{k}"] = xr.Dataset({template.name: out}, attrs=dict(node.attrs))
+        report.append({"level": k, "moving_level": j, "reason": why})
+    pyramid.attrs["method"] = f"warped per level ({interpolator})"
+    return pyramid, report
+
+
+def write_warped(
+    moving: Any,
+    transform: Transform,
+    path: Any,
+    *,
+    like: xr.DataArray,
+    interpolator: str = "linear",
+    fill_value: float = 0.0,
+    chunks: int = DEFAULT_CHUNK,
+    n_levels: int | None = None,
+    pyramid: str = "downsample",
+    inverse: Transform | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> tuple[Any, list[dict[str, Any]]]:
+    """Warp ``moving`` onto ``like``'s grid and write the registered pyramid as OME-Zarr 0.6,
+    with ``transform`` stored beside it as the ``registration`` (fixed → moving; a bijection
+    when ``inverse`` is given or ``transform`` is one).
+
+    ``pyramid="downsample"`` (default) warps level 0 once and derives each coarser level by
+    downsampling what was written (block mean; centre pick for nearest-neighbour labels), so
+    every voxel is interpolated once and the levels agree with each other.
+    ``pyramid="per-level"`` warps each output level from the coarsest moving level whose
+    spacing fits (see :func:`warp_pyramid`): less reading for a moving pyramid whose coarse
+    levels exist, at the price of interpolating every level. The transform is written into
+    the store before it is renamed into place, so a failure leaves nothing behind.
+
+    Returns the store path and, per output level, its source and the reason.
+    """
+    from .io.write import to_ome_zarr
+    from .transforms.ngff import write_registration
+
+    if pyramid not in PYRAMID_MODES:
+        raise InputError(f"pyramid must be one of {PYRAMID_MODES}; got {pyramid!r}.")
+    moving_levels = _moving_levels(moving)
+    method = "nearest" if interpolation_order(interpolator) == 0 else "mean"
+    if pyramid == "per-level" and len(moving_levels) > 1:
+        data, report = warp_pyramid(moving_levels, transform, like=like, n_levels=n_levels,
+                                    interpolator=interpolator, fill_value=fill_value,
+                                    chunks=chunks)
+    else:
+        data = warp(moving_levels[0], transform, like=like, interpolator=interpolator,
+                    fill_value=fill_value, chunks=chunks)
+        why = ("level 0 warped, then downsampled" if pyramid == "downsample" else
+               "level 0 warped, then downsampled: the moving image has one level")
+        report = [{"level": 0, "moving_level": 0, "reason": why}]
+
+    def store_transform(tmp: Any) -> None:
+        write_registration(tmp, transform, inverse=inverse)
+
+    out = to_ome_zarr(
+        data, path, version="0.6", chunks=chunks, n_levels=n_levels, method=method,
+        overwrite=overwrite, progress=progress, coordinate_system="fixed",
+        attributes={"warp": {"interpolator": interpolator, "fill_value": fill_value,
+                             "pyramid": pyramid, "levels": report}},
+        before_publish=store_transform)
+    return out, report

@@ -20,7 +20,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +203,7 @@ def to_ome_zarr(
     coordinate_system: str = "intrinsic",
     axis_types: Mapping[str, str] | None = None,
     attributes: Mapping[str, Any] | None = None,
+    before_publish: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write an image (as a new pyramid) or an existing pyramid to an OME-Zarr store.
 
@@ -233,6 +234,9 @@ def to_ome_zarr(
         ``z, y, x`` space), e.g. ``{"c": "displacement"}`` for a displacement field.
     attributes : mapping, optional
         JSON-ready entries added to the store's ``ngffreg`` root attributes.
+    before_publish : callable, optional
+        Called with the path of the complete but hidden store just before it is renamed
+        into place (e.g. to add transforms), so a failure there leaves nothing behind.
 
     Returns
     -------
@@ -286,6 +290,8 @@ def to_ome_zarr(
         _write_levels(
             ms, lv, tmp, name, version, chunks_per_shard, derive, method, progress
         )
+        if before_publish is not None:
+            before_publish(tmp)
         _swap_into_place(tmp, path)
     except OSError as exc:
         _remove_tree(tmp)
