@@ -221,7 +221,9 @@ def _ome_level(path: Path, ms, level: int, voxel_size, unit, name) -> xr.DataArr
         found, units_found.pop() if units_found else None, voxel_size, unit, str(path)
     )
     origin = [img.translation.get(d, 0.0) for d in spatial]
-    data = img.data
+    # Read through zarr itself (not ngff-zarr's zarrista arrays): a dask array over a
+    # zarr.Array pickles by its path, so tasks can ship to other processes and machines.
+    data = _zarr_dask(path / ms.metadata.datasets[level].path, img.data)
     order = [dims.index(d) for d in ("t", "c", "z", "y", "x") if d in dims]
     data = data.transpose(order)
     out_dims = tuple(dims[i] for i in order)
@@ -234,6 +236,18 @@ def _ome_level(path: Path, ms, level: int, voxel_size, unit, name) -> xr.DataArr
             "array_path": ms.metadata.datasets[level].path,
         },
     )
+
+
+def _zarr_dask(array_path: Path, fallback: Any) -> Any:
+    import zarr
+
+    try:
+        arr = zarr.open_array(str(array_path), mode="r")
+    except Exception:  # a layout zarr cannot open directly: keep ngff-zarr's reader
+        return fallback
+    if tuple(arr.shape) != tuple(fallback.shape):
+        return fallback
+    return da.from_zarr(arr, chunks=arr.chunks)
 
 
 def _open_ome_zarr(path: Path, level: int, voxel_size, unit, name) -> xr.DataArray:
