@@ -78,6 +78,23 @@ def _box(lo: np.ndarray, hi: np.ndarray) -> tuple[slice, ...]:
     return (slice(None), *(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True)))
 
 
+def region_bounds(cidx: np.ndarray, n: Any, order: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """The index box ``[lo, hi)`` of an array of shape ``n`` (z, y, x) that interpolating at
+    the continuous indices ``cidx`` (m, 3) reads: the floor indices, clipped to the array,
+    grown by the footprint. (Flooring and clipping are monotonic, so the box comes from the
+    per-axis extremes of ``cidx``: no per-point integer arrays.)"""
+    lo_off, hi_off = footprint(order)
+    n = np.asarray(n, dtype=np.int64)
+    lo, hi = cidx.min(axis=0), cidx.max(axis=0)
+    if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+        with np.errstate(invalid="ignore"):  # a NaN point counts as index 0, as before
+            base = np.clip(np.floor(cidx).astype(np.int64), 0, n - 1)
+        lo, hi = base.min(axis=0), base.max(axis=0)
+    lo = np.clip(np.floor(lo), 0, n - 1).astype(np.int64)
+    hi = np.clip(np.floor(hi), 0, n - 1).astype(np.int64)
+    return np.clip(lo + lo_off, 0, n - 1), np.clip(hi + hi_off, 1, n)
+
+
 def sample(data: Any, cidx: np.ndarray, *, order: int = 1,
            region_bytes: int = REGION_BYTES) -> np.ndarray:
     """Interpolate the ``(C, z, y, x)`` array ``data`` at continuous indices ``(m, 3)``."""
@@ -86,11 +103,10 @@ def sample(data: Any, cidx: np.ndarray, *, order: int = 1,
     channels = data.shape[0]
     if len(cidx) == 0:
         return np.zeros((0, channels), dtype=data.dtype if order == 0 else np.float64)
-    base = np.clip(np.floor(cidx).astype(np.int64), 0, n - 1)
-    lo = np.clip(base.min(axis=0) + lo_off, 0, n - 1)
-    hi = np.clip(base.max(axis=0) + hi_off, 1, n)
+    lo, hi = region_bounds(cidx, n, order)
     if 8 * channels * int(np.prod(hi - lo)) <= region_bytes:
         return interpolate(read_region(data, _box(lo, hi)), cidx - lo, order)
+    base = np.clip(np.floor(cidx).astype(np.int64), 0, n - 1)
     # Too large a region: group the points by the chunk of their floor index.
     bounds = chunk_bounds(data)
     counts = [len(b) - 1 for b in bounds]

@@ -117,16 +117,19 @@ def warp(
         loc = block_info[None]["array-location"]
         region = tuple(slice(a, b) for a, b in loc)
         out_shape = tuple(b - a for a, b in loc)
-        fixed_points = grid.points(region)
-        cidx = mgrid.continuous_index(transform.apply(fixed_points))
+        cidx = mgrid.continuous_index(transform.apply_grid(grid, region))
         inside = mgrid.inside(cidx)
+        everywhere = bool(inside.all())
         out = np.full(len(cidx), fill, dtype=dtype)
-        if inside.any():
-            values = sample(source, cidx[inside], order=order)[:, 0]
+        if everywhere or inside.any():
+            values = sample(source, cidx if everywhere else cidx[inside], order=order)[:, 0]
             if order and np.issubdtype(dtype, np.integer):
                 info = np.iinfo(dtype)
                 values = np.clip(np.rint(values), info.min, info.max)
-            out[inside] = values.astype(dtype, copy=False)
+            if everywhere:
+                out[:] = values
+            else:
+                out[inside] = values
         return out.reshape(out_shape)
 
     data = da.map_blocks(block, chunks=_output_chunks(like, grid, chunks), dtype=dtype,

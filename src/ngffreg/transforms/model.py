@@ -39,7 +39,14 @@ from ..errors import TransformError
 from ..image import SPATIAL_DIMS, Grid, apply_linear, make_image
 from ..image import spacing as image_spacing
 from ..image import units as image_units
-from ..sampling import REGION_BYTES, chunk_bounds, interpolate, read_region, sample
+from ..sampling import (
+    REGION_BYTES,
+    chunk_bounds,
+    interpolate,
+    read_region,
+    region_bounds,
+    sample,
+)
 
 #: Points pushed through a transform per batch.
 DEFAULT_BATCH = 1_000_000
@@ -78,6 +85,14 @@ def _frozen(array: np.ndarray) -> np.ndarray:
     return array
 
 
+def _grid_axes(grid: Grid, region: tuple[slice, ...] | None) -> list[np.ndarray]:
+    """The frame coordinates along z, y, x of the grid points in ``region`` (as
+    :meth:`Grid.points` computes them)."""
+    region = region or tuple(slice(0, n) for n in grid.shape)
+    return [grid.frame_origin[k] + grid.spacing[k]
+            * np.arange(*region[k].indices(grid.shape[k])) for k in range(3)]
+
+
 @dataclass(frozen=True, eq=False, kw_only=True)
 class Transform:
     """Base class. ``input``/``output`` name the coordinate systems mapped from and to."""
@@ -101,6 +116,14 @@ class Transform:
         return out
 
     __call__ = apply
+
+    def apply_grid(self, grid: Grid, region: tuple[slice, ...] | None = None, *,
+                   batch_size: int = DEFAULT_BATCH) -> np.ndarray:
+        """Map the points of ``grid`` in ``region`` (``(N, 3)``, C order): the same as
+        ``apply(grid.points(region))``, but linear maps and displacement fields use the
+        grid's structure (separable per axis) instead of building and gathering per point
+        when the grid (and the field) is axis-aligned."""
+        return self.apply(grid.points(region), batch_size=batch_size)
 
     def _apply(self, points: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -199,6 +222,20 @@ class _Linear(Transform):
     def _apply(self, points: np.ndarray) -> np.ndarray:
         m = self.matrix
         return apply_linear(points, m[:3, :3], m[:3, 3])
+
+    def apply_grid(self, grid: Grid, region: tuple[slice, ...] | None = None, *,
+                   batch_size: int = DEFAULT_BATCH) -> np.ndarray:
+        if not grid.is_axis_aligned:
+            return super().apply_grid(grid, region, batch_size=batch_size)
+        # A p + b with p = (az[i], ay[j], ax[k]): one (n, 3) term per axis, summed by
+        # broadcasting in apply_linear's order (so the result is bitwise the same).
+        m = self.matrix
+        az, ay, ax = _grid_axes(grid, region)
+        out = np.empty((len(az), len(ay), len(ax), 3))
+        np.add((az[:, None, None, None] * m[:3, 0]) + (ay[None, :, None, None] * m[:3, 1]),
+               ax[None, None, :, None] * m[:3, 2], out=out)
+        out += m[:3, 3]
+        return out.reshape(-1, 3)
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -401,11 +438,19 @@ class DisplacementField(Transform):
         return points + self.displacement(points)
 
     def apply(self, points: Any, *, batch_size: int = DEFAULT_BATCH) -> np.ndarray:
-        """Map points; many points are sorted by the field chunk they fall in first, so
-        each chunk is read about once however the points are scattered."""
+        """Map points; when the field region they need is small it is read once and the
+        points go through it batch by batch; otherwise they are sorted by the field chunk
+        they fall in first, so each chunk is read about once however they are scattered."""
         pts = as_points(points)
         if len(pts) <= batch_size:
             return self._apply(pts)
+        held = self._held_region(pts, batch_size)
+        if held is not None:
+            out = np.empty_like(pts)
+            for start in range(0, len(pts), batch_size):
+                stop = min(start + batch_size, len(pts))
+                out[start:stop] = held._apply(pts[start:stop])
+            return out
         field = self._read_once()
         order = np.argsort(field._chunk_ids(pts, batch_size), kind="stable")
         out = np.empty_like(pts)
@@ -413,6 +458,66 @@ class DisplacementField(Transform):
             sel = order[start:start + batch_size]
             out[sel] = field._apply(pts[sel])
         return out
+
+    def _held_region(self, points: np.ndarray, batch_size: int) -> DisplacementField | None:
+        """This field with the region ``points`` need read into memory (a field whose data
+        is that region, on the full grid: see :class:`_HeldField`), or None when that region
+        exceeds :data:`~ngffreg.sampling.REGION_BYTES`."""
+        n = np.asarray(self.grid.shape)
+        lo, hi = n.copy(), np.zeros(3, dtype=np.int64)
+        for start in range(0, len(points), batch_size):
+            cidx = self.continuous_index(points[start:start + batch_size])
+            if self.outside != "nearest":
+                cidx = cidx[self.grid.inside(cidx)]
+            if len(cidx):
+                a, b = region_bounds(cidx, n, 1)
+                lo, hi = np.minimum(lo, a), np.maximum(hi, b)
+        if np.any(hi <= lo):
+            return self  # no point is inside: nothing is read
+        if 8 * 3 * int(np.prod(hi - lo)) > REGION_BYTES:
+            return None
+        box = (slice(None), *(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True)))
+        region = read_region(self.field.data, box).astype(np.float64, copy=False)
+        return _HeldField(field=self.field, outside=self.outside, region=region, lo=lo)
+
+    def apply_grid(self, grid: Grid, region: tuple[slice, ...] | None = None, *,
+                   batch_size: int = DEFAULT_BATCH) -> np.ndarray:
+        """The points of ``grid`` in ``region`` mapped through the field. When both grids
+        are axis-aligned, trilinear interpolation is separable: the field region is
+        interpolated along z, then y, then x (an axis whose points fall on field nodes is a
+        plain gather), with no per-point index arrays; otherwise, or when the field region
+        is too large to hold, as :meth:`apply`."""
+        fgrid = self.grid
+        if not (grid.is_axis_aligned and fgrid.is_axis_aligned):
+            return super().apply_grid(grid, region, batch_size=batch_size)
+        axes = _grid_axes(grid, region)
+        n = fgrid.shape
+        fill = np.nan if self.outside == "nan" else 0.0
+        plans = []
+        for k in range(3):
+            c = (axes[k] - fgrid.frame_origin[k]) / fgrid.spacing[k]
+            inside = (np.ones(len(c), dtype=bool) if self.outside == "nearest"
+                      else (c >= -0.5) & (c < n[k] - 0.5))
+            floor = np.floor(c[inside]) if inside.any() else np.zeros(0)
+            i0 = np.clip(floor, 0, n[k] - 1).astype(np.int64)
+            i1 = np.clip(floor + 1, 0, n[k] - 1).astype(np.int64)
+            plans.append((inside, i0, i1, c[inside] - floor))
+        lo = [int(p[1].min()) if len(p[1]) else 0 for p in plans]
+        hi = [int(p[2].max()) + 1 if len(p[2]) else 1 for p in plans]
+        if 8 * 3 * math.prod(b - a for a, b in zip(lo, hi, strict=True)) > REGION_BYTES:
+            return super().apply_grid(grid, region, batch_size=batch_size)
+        values = read_region(self.field.data, (slice(None), *(
+            slice(a, b) for a, b in zip(lo, hi, strict=True)))).astype(np.float64, copy=False)
+        for k, (inside, i0, i1, frac) in enumerate(plans):
+            values = _interpolate_axis(values, k + 1, inside, i0 - lo[k], i1 - lo[k], frac,
+                                       fill)
+        out = np.empty((*values.shape[1:], 3))
+        shape = [1, 1, 1]
+        for k in range(3):
+            shape_k = list(shape)
+            shape_k[k] = -1
+            np.add(axes[k].reshape(shape_k), values[k], out=out[..., k])
+        return out.reshape(-1, 3)
 
     def _read_once(self) -> DisplacementField:
         """Itself, or held in memory when it is one lazy chunk (a field read from an ITK
@@ -449,6 +554,57 @@ class DisplacementField(Transform):
             return dataclasses.replace(self, field=self.field.compute())
         field_, residual = dask.compute(self.field, self.residual)
         return dataclasses.replace(self, field=field_, residual=residual)
+
+
+def _interpolate_axis(values: np.ndarray, axis: int, inside: np.ndarray, i0: np.ndarray,
+                      i1: np.ndarray, frac: np.ndarray, fill: float) -> np.ndarray:
+    """Linear interpolation of ``values`` along ``axis`` at the points ``inside`` (between
+    nodes ``i0`` and ``i1`` with weight ``frac`` on ``i1``); points not inside get ``fill``."""
+    shape = [1] * values.ndim
+    shape[axis] = -1
+    if not np.any(frac):
+        part = np.take(values, i0, axis=axis)  # on the nodes: a gather, no arithmetic
+    else:
+        part = np.take(values, i0, axis=axis)
+        part *= (1.0 - frac).reshape(shape)
+        upper = np.take(values, i1, axis=axis)
+        upper *= frac.reshape(shape)
+        part += upper
+    if inside.all():
+        return part
+    out_shape = list(values.shape)
+    out_shape[axis] = len(inside)
+    out = np.full(out_shape, fill)
+    index: list[Any] = [slice(None)] * values.ndim
+    index[axis] = inside
+    out[tuple(index)] = part
+    return out
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class _HeldField(DisplacementField):
+    """A field whose data in ``[lo, lo + region.shape)`` is held in memory as ``region``:
+    every point it is asked for lies there (see :meth:`DisplacementField._held_region`)."""
+
+    region: np.ndarray = None  # type: ignore[assignment]
+    lo: np.ndarray = None  # type: ignore[assignment]
+
+    def displacement(self, points: Any) -> np.ndarray:
+        pts = as_points(points)
+        cidx = self.continuous_index(pts)
+        out = np.zeros_like(pts)
+        if self.outside == "nearest":
+            inside = np.ones(len(pts), dtype=bool)
+        else:
+            inside = self.grid.inside(cidx)
+            if self.outside == "nan":
+                out[~inside] = np.nan
+        if inside.any():
+            local = cidx[inside] - self.lo
+            # the region's own edges are the field's wherever the points reach them, so
+            # repeating them (nearest) is the field's edge rule
+            out[inside] = interpolate(self.region, local, 1)
+        return out
 
 
 # ---------------------------------------------------------------------------
@@ -561,6 +717,14 @@ class Sequence(Transform):
             pts = t.apply(pts, batch_size=batch_size)
         return pts
 
+    def apply_grid(self, grid: Grid, region: tuple[slice, ...] | None = None, *,
+                   batch_size: int = DEFAULT_BATCH) -> np.ndarray:
+        first, *rest = self.transforms
+        pts = first.apply_grid(grid, region, batch_size=batch_size)
+        for t in rest:
+            pts = t.apply(pts, batch_size=batch_size)
+        return pts
+
     def _apply_inverse(self, y: np.ndarray, tolerance: float, max_iterations: int
                        ) -> tuple[np.ndarray, np.ndarray]:
         res = np.zeros(len(y))
@@ -639,6 +803,10 @@ class Bijection(Transform):
 
     def apply(self, points: Any, *, batch_size: int = DEFAULT_BATCH) -> np.ndarray:
         return self.forward.apply(points, batch_size=batch_size)
+
+    def apply_grid(self, grid: Grid, region: tuple[slice, ...] | None = None, *,
+                   batch_size: int = DEFAULT_BATCH) -> np.ndarray:
+        return self.forward.apply_grid(grid, region, batch_size=batch_size)
 
     def _apply_inverse(self, y: np.ndarray, tolerance: float, max_iterations: int
                        ) -> tuple[np.ndarray, np.ndarray]:
