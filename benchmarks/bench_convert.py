@@ -62,8 +62,11 @@ da.store(da.from_zarr(src), dst, lock=False)
 """
 
 
-def run_sampled(cmd: list[str]) -> dict:
-    """Run ``cmd``; return wall time and the peak RSS of its whole process tree."""
+def run_sampled(cmd: list[str], label: str | None = None) -> dict:
+    """Run ``cmd``; return wall time and the peak RSS of its whole process tree.
+
+    With ``label``, the child's indented and ``TIMING`` lines are echoed live, and each
+    ``key=value`` on a ``TIMING`` line is added to the result."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = 0
@@ -86,13 +89,27 @@ def run_sampled(cmd: list[str]) -> dict:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    out, _ = proc.communicate()
+    lines = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+        if label and (line.startswith("    ") or line.startswith("TIMING")):
+            print(f"  [{label}] {line.strip()}", flush=True)
+    proc.wait()
     wall = time.perf_counter() - start
     stop.set()
     sampler.join()
+    out = "".join(lines)
     if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out}")
-    return {"wall_s": round(wall, 2), "peak_rss_gib": round(peak / 2**30, 3), "log": out[-2000:]}
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-4000:]}")
+    result = {"wall_s": round(wall, 2), "peak_rss_gib": round(peak / 2**30, 3),
+              "log": out[-2000:]}
+    for line in lines:
+        if line.startswith("TIMING"):
+            for item in line.split()[1:]:
+                key, value = item.split("=")
+                result[key] = round(float(value), 2)
+    return result
 
 
 def main() -> None:

@@ -50,12 +50,12 @@ import platform
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import psutil
+from bench_convert import run_sampled
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
@@ -202,50 +202,6 @@ print(f"TIMING import_s={t1 - t0:.3f} read_s={t2 - t1:.3f} warp_s={t3 - t2:.3f} 
 """
 
 
-def run_sampled(cmd: list[str], label: str) -> dict:
-    """Run ``cmd`` (its output echoed live); wall time and the peak RSS of its process tree."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak = 0
-    stop = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        try:
-            root = psutil.Process(proc.pid)
-        except psutil.NoSuchProcess:
-            return
-        while not stop.is_set():
-            try:
-                procs = [root, *root.children(recursive=True)]
-                rss = sum(p.memory_info().rss for p in procs if p.is_running())
-                peak = max(peak, rss)
-            except psutil.Error:
-                pass
-            stop.wait(0.1)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    lines = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith("    ") or line.startswith("TIMING"):
-            print(f"  [{label}] {line.strip()}", flush=True)
-    proc.wait()
-    wall = time.perf_counter() - start
-    stop.set()
-    sampler.join()
-    out = "".join(lines)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-4000:]}")
-    result = {"wall_s": round(wall, 2), "peak_rss_gib": round(peak / 2**30, 3)}
-    for line in lines:
-        if line.startswith("TIMING"):
-            for item in line.split()[1:]:
-                key, value = item.split("=")
-                result[key] = round(float(value), 2)
-    return result
 
 
 def make_source(path: Path, shape: tuple[int, ...]) -> None:
@@ -352,6 +308,7 @@ def bench_size(work: Path, shape: tuple[int, ...], *, others: bool, levels: int)
     rows: dict[str, dict] = {}
 
     def record(name: str, r: dict) -> None:
+        r.pop("log", None)
         r["mvoxels_per_s"] = round(voxels / r["wall_s"] / 1e6, 2)
         rows[name] = r
         print(f"  {name}: {r['wall_s']} s ({r['mvoxels_per_s']} Mvoxel/s), "

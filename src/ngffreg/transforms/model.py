@@ -431,8 +431,12 @@ class DisplacementField(Transform):
             if self.outside == "nan":
                 out[~inside] = np.nan
         if inside.any():
-            out[inside] = _sample_field(self.field.data, cidx[inside])
+            out[inside] = self._sample(cidx[inside])
         return out
+
+    def _sample(self, cidx: np.ndarray) -> np.ndarray:
+        """Trilinear values (m, 3) at continuous indices of points inside the grid."""
+        return _sample_field(self.field.data, cidx)
 
     def _apply(self, points: np.ndarray) -> np.ndarray:
         return points + self.displacement(points)
@@ -589,22 +593,10 @@ class _HeldField(DisplacementField):
     region: np.ndarray = None  # type: ignore[assignment]
     lo: np.ndarray = None  # type: ignore[assignment]
 
-    def displacement(self, points: Any) -> np.ndarray:
-        pts = as_points(points)
-        cidx = self.continuous_index(pts)
-        out = np.zeros_like(pts)
-        if self.outside == "nearest":
-            inside = np.ones(len(pts), dtype=bool)
-        else:
-            inside = self.grid.inside(cidx)
-            if self.outside == "nan":
-                out[~inside] = np.nan
-        if inside.any():
-            local = cidx[inside] - self.lo
-            # the region's own edges are the field's wherever the points reach them, so
-            # repeating them (nearest) is the field's edge rule
-            out[inside] = interpolate(self.region, local, 1)
-        return out
+    def _sample(self, cidx: np.ndarray) -> np.ndarray:
+        # the region's own edges are the field's wherever the points reach them, so
+        # repeating them (nearest) is the field's edge rule
+        return interpolate(self.region, cidx - self.lo, 1)
 
 
 # ---------------------------------------------------------------------------
