@@ -55,7 +55,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-from bench_convert import run_sampled
+from bench_convert import _MAKE_SOURCE, run_sampled
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
@@ -64,24 +64,6 @@ SMALL = (256, 384, 384)
 FULL = (1024, 1536, 1536)
 CHUNK = 128
 FIELD_SPACING = 8.0
-
-_MAKE_SOURCE = """
-import sys, numpy as np, dask.array as da, zarr
-from ngffreg.synthetic import synthetic_volume
-shape = tuple(int(v) for v in sys.argv[2:5]); chunk = int(sys.argv[5])
-base = synthetic_volume((2 * chunk,) * 3, spacing=1).values
-def tile(block_info=None):
-    (z0, z1), (y0, y1), (x0, x1) = block_info[None]["array-location"]
-    i, j, k = block_info[None]["chunk-location"]
-    b = base[(z0 % (2 * chunk)):(z0 % (2 * chunk)) + z1 - z0,
-             (y0 % (2 * chunk)):(y0 % (2 * chunk)) + y1 - y0,
-             (x0 % (2 * chunk)):(x0 % (2 * chunk)) + x1 - x0]
-    return b + np.uint16((7 * i + 3 * j + k) % 50)
-arr = da.map_blocks(tile, dtype="uint16", chunks=da.core.normalize_chunks(chunk, shape))
-z = zarr.create_array(sys.argv[1], shape=shape, chunks=(chunk,) * 3, dtype="uint16",
-                      overwrite=True)
-da.store(arr, z, lock=False)
-"""
 
 _COPY = """
 import sys, time, dask.array as da, zarr
@@ -147,6 +129,20 @@ out = warp(moving, transform, like=grid, interpolator="linear", chunks=cfg["chun
 np.save(sys.argv[2], out.data.compute())
 """
 
+# The end of the ANTs and ITK children: save the float32 result (for the correctness
+# check), write it as uint16 Zarr like the ngffreg run, report the timings.
+_FINISH = """
+del warped, img
+if len(sys.argv) > 3:
+    np.save(sys.argv[3], out)
+dst = zarr.create_array(sys.argv[2], shape=out.shape, chunks=(cfg["chunk"],) * 3,
+                        dtype="uint16", overwrite=True)
+dst[...] = np.clip(np.rint(out), 0, 65535).astype(np.uint16)
+t4 = time.perf_counter()
+print(f"TIMING import_s={t1 - t0:.3f} read_s={t2 - t1:.3f} warp_s={t3 - t2:.3f} "
+      f"write_s={t4 - t3:.3f} work_s={t4 - t1:.3f}")
+"""
+
 _ANTS = """
 import json, sys, time
 import numpy as np, zarr
@@ -163,16 +159,7 @@ warped = ants.apply_transforms(fixed=img, moving=img, transformlist=cfg["ants_tr
                                interpolator="linear", defaultvalue=0)
 t3 = time.perf_counter()
 out = np.ascontiguousarray(warped.numpy().T)
-del warped, img
-if len(sys.argv) > 3:
-    np.save(sys.argv[3], out)
-dst = zarr.create_array(sys.argv[2], shape=out.shape, chunks=(cfg["chunk"],) * 3,
-                        dtype="uint16", overwrite=True)
-dst[...] = np.clip(np.rint(out), 0, 65535).astype(np.uint16)
-t4 = time.perf_counter()
-print(f"TIMING import_s={t1 - t0:.3f} read_s={t2 - t1:.3f} warp_s={t3 - t2:.3f} "
-      f"write_s={t4 - t3:.3f} work_s={t4 - t1:.3f}")
-"""
+""" + _FINISH
 
 _ITK = """
 import json, sys, time
@@ -190,18 +177,7 @@ warped = itk.resample_image_filter(img, transform=transform, use_reference_image
                                    reference_image=img, default_pixel_value=0.0)
 t3 = time.perf_counter()
 out = itk.array_from_image(warped)
-del warped, img
-if len(sys.argv) > 3:
-    np.save(sys.argv[3], out)
-dst = zarr.create_array(sys.argv[2], shape=out.shape, chunks=(cfg["chunk"],) * 3,
-                        dtype="uint16", overwrite=True)
-dst[...] = np.clip(np.rint(out), 0, 65535).astype(np.uint16)
-t4 = time.perf_counter()
-print(f"TIMING import_s={t1 - t0:.3f} read_s={t2 - t1:.3f} warp_s={t3 - t2:.3f} "
-      f"write_s={t4 - t3:.3f} work_s={t4 - t1:.3f}")
-"""
-
-
+""" + _FINISH
 
 
 def make_source(path: Path, shape: tuple[int, ...]) -> None:
