@@ -449,12 +449,8 @@ class DisplacementField(Transform):
         if len(pts) <= batch_size:
             return self._apply(pts)
         held = self._held_region(pts, batch_size)
-        if held is not None:
-            out = np.empty_like(pts)
-            for start in range(0, len(pts), batch_size):
-                stop = min(start + batch_size, len(pts))
-                out[start:stop] = held._apply(pts[start:stop])
-            return out
+        if held is not None:  # batch by batch through the held region
+            return Transform.apply(held, pts, batch_size=batch_size)
         field = self._read_once()
         order = np.argsort(field._chunk_ids(pts, batch_size), kind="stable")
         out = np.empty_like(pts)
@@ -566,10 +562,8 @@ def _interpolate_axis(values: np.ndarray, axis: int, inside: np.ndarray, i0: np.
     nodes ``i0`` and ``i1`` with weight ``frac`` on ``i1``); points not inside get ``fill``."""
     shape = [1] * values.ndim
     shape[axis] = -1
-    if not np.any(frac):
-        part = np.take(values, i0, axis=axis)  # on the nodes: a gather, no arithmetic
-    else:
-        part = np.take(values, i0, axis=axis)
+    part = np.take(values, i0, axis=axis)
+    if np.any(frac):  # off the nodes (on them, the gather is the answer)
         part *= (1.0 - frac).reshape(shape)
         upper = np.take(values, i1, axis=axis)
         upper *= frac.reshape(shape)
