@@ -21,8 +21,10 @@ import xarray as xr
 
 from .errors import InputError
 from .image import SPATIAL_DIMS, Grid, to_units, units
+from .image import spacing as image_spacing
 from .sampling import sample
 from .transforms.model import Transform, _as_grid
+from .units import unit_factor
 
 #: The seed's interpolator names, and the spline order each stands for.
 INTERPOLATORS = {"nearestNeighbor": 0, "linear": 1, "bSpline": 3}
@@ -155,25 +157,21 @@ def _moving_levels(moving: Any) -> list[xr.DataArray]:
     return list(moving)
 
 
-def choose_moving_level(moving_levels: list[xr.DataArray], output_spacing: Any
-                        ) -> tuple[int, str]:
-    """The coarsest moving level whose voxels are no larger than ``output_spacing`` on any
-    axis (so the output is not under-sampled), and why."""
-    from .image import spacing
-
-    target = np.asarray(output_spacing, dtype=np.float64)
-    unit = None
-    best = 0
-    for j, lv in enumerate(moving_levels):
-        unit = unit or units(lv)
-        sp = np.asarray(spacing(to_units(lv, unit) if units(lv) != unit else lv))
-        if np.all(sp <= target * (1 + 1e-6)):
-            best = j
-    sp0 = np.round(np.asarray(spacing(moving_levels[best])), 6).tolist()
+def choose_moving_level(moving_levels: list[xr.DataArray], output_spacing: Any,
+                        unit: str | None = None) -> tuple[int, str]:
+    """The coarsest moving level whose voxels are no larger than ``output_spacing`` (in
+    ``unit``, default the moving image's) on any axis, so the output is not under-sampled,
+    and why."""
     if len(moving_levels) == 1:
         return 0, "the moving image has one level"
-    return best, (f"moving level {best} (spacing {sp0}) is the coarsest no coarser than the "
-                  f"output's {np.round(target, 6).tolist()}")
+    target = np.asarray(output_spacing, dtype=np.float64)
+    unit = unit or units(moving_levels[0])
+    spacings = [np.asarray(image_spacing(lv)) * unit_factor(units(lv), unit)
+                for lv in moving_levels]
+    best = max((j for j, sp in enumerate(spacings) if np.all(sp <= target * (1 + 1e-6))),
+               default=0)
+    return best, (f"moving level {best} (spacing {np.round(spacings[best], 6).tolist()}) is "
+                  f"the coarsest no coarser than the output's {np.round(target, 6).tolist()}")
 
 
 def warp_pyramid(
@@ -201,11 +199,9 @@ def warp_pyramid(
     template = grid0.image(da.zeros(grid0.shape, dtype=np.uint8, chunks=chunks),
                            name=moving_levels[0].name or "image")
     pyramid = to_pyramid(template, n_levels=n_levels, method=method, chunks=chunks)
-    from .image import spacing
-
     report = []
     for k, level_grid in enumerate(levels(pyramid)):
-        j, why = choose_moving_level(moving_levels, spacing(level_grid))
+        j, why = choose_moving_level(moving_levels, image_spacing(level_grid), grid0.unit)
         out = warp(moving_levels[j], transform, like=level_grid, interpolator=interpolator,
                    fill_value=fill_value, chunks=chunks)
         node = pyramid[f"scale{k}"]
