@@ -29,12 +29,16 @@ from .image import (
 )
 from .io.read import open_image
 from .io.write import to_ome_zarr
+from .pipeline import ChunkedRegistration
 from .pyramid import level, levels, select_level, to_pyramid
+from .registration.register import register
+from .warp import warp
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CatalogError",
+    "ChunkedRegistration",
     "InputError",
     "InputNotFoundError",
     "MissingSpacingError",
@@ -50,6 +54,7 @@ __all__ = [
     "open_image",
     "origin",
     "physical_bbox",
+    "register",
     "select_box",
     "select_level",
     "spacing",
@@ -58,4 +63,5 @@ __all__ = [
     "to_units",
     "transforms",
     "units",
+    "warp",
 ]

@@ -127,9 +127,59 @@ def _parser() -> argparse.ArgumentParser:
     wp.add_argument("--overwrite", action="store_true")
     wp.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    demo = sub.add_parser("demo", help="run the main job on built-in data")
+    _add_register_parser(sub)
+
+    demo = sub.add_parser(
+        "demo", help="register a built-in synthetic pair with a known deformation",
+        description="Generate a synthetic pair with a known deformation, register it with "
+        "the full pipeline (coarse, blocks, blend, warp), write the output store and print "
+        "the target registration error against the truth.")
     demo.add_argument("--output", type=Path, default=Path("demo-output"))
+    demo.add_argument("--workers", type=int, default=2, help="block processes (default 2)")
     return parser
+
+
+#: ``register`` options that take a value, with their types; the same keys (with ``_``
+#: or ``-``) are read from ``--config FILE.yaml``.
+REGISTER_OPTIONS: dict[str, tuple[type, str]] = {
+    "downsample_factor": (float, "pyramid downsampling of the coarse level (default 4)"),
+    "coarse_level": (int, "pyramid level of the coarse step (overrides the factor)"),
+    "fine_level": (int, "fixed level the blocks register at (default 0)"),
+    "chunk_size": (str, "block core size: voxels (64 or 64,96,96) or a length (2mm)"),
+    "overlap_fraction": (float, "overlap per side as a fraction of the block (default 0.25)"),
+    "linear_type": (str, "Translation, Rigid, Similarity, Affine or none (default Affine)"),
+    "nonlinear_type_coarse": (str, "SyN, SyNOnly, Elastic or none (default SyN)"),
+    "nonlinear_type_fine": (str, "SyNOnly, SyN, Elastic or none (default SyNOnly)"),
+    "linear_accuracy": (str, "low, medium, high (default medium)"),
+    "coarse_accuracy": (str, "low, medium, high (default medium)"),
+    "fine_accuracy": (str, "low, medium, high (default medium)"),
+    "interpolator": (str, "linear, nearestNeighbor, bSpline (default linear)"),
+    "blend_sigma": (float, "half-width of the blend across block faces, voxels"),
+    "min_foreground": (float, "skip blocks with less foreground than this fraction"),
+    "workers": (int, "block registrations in parallel (processes; default 1)"),
+}
+
+
+def _add_register_parser(sub) -> None:
+    rp = sub.add_parser(
+        "register", help="register MOVING to FIXED: coarse, blocks, blend, warp",
+        description="Register MOVING to FIXED (any format the readers take): a coarse "
+        "whole-volume registration at a pyramid level, fine registrations on overlapping "
+        "blocks, blended into one field; writes OUT.ome.zarr with the registered image, the "
+        "fixed→moving transform (NGFF 0.6), ANTs transform files and a QC table.")
+    rp.add_argument("fixed", type=Path)
+    rp.add_argument("moving", type=Path)
+    rp.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.ome.zarr")
+    rp.add_argument("--config", type=Path, metavar="FILE.yaml",
+                    help="YAML file with the same keys as the options (e.g. chunk_size: 64); "
+                    "options given on the command line win")
+    for key, (_, help_text) in REGISTER_OPTIONS.items():
+        rp.add_argument("--" + key.replace("_", "-"), dest=key, default=None, help=help_text)
+    rp.add_argument("--fixed-voxel-size", nargs=3, type=float, metavar=("Z", "Y", "X"))
+    rp.add_argument("--moving-voxel-size", nargs=3, type=float, metavar=("Z", "Y", "X"))
+    rp.add_argument("--unit", help="length unit of the --*-voxel-size options")
+    rp.add_argument("--overwrite", action="store_true")
+    rp.add_argument("--quiet", action="store_true", help="no per-block progress lines")
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -226,16 +276,86 @@ def _warp(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .info import describe_path, format_info
-    from .io.write import to_ome_zarr
-    from .synthetic import synthetic_volume
+    from .demo import run_demo
 
-    args.output.mkdir(parents=True, exist_ok=True)
-    image = synthetic_volume()
-    target = args.output / "synthetic.ome.zarr"
-    print(f"Converting the built-in synthetic volume {image.shape} to {target} ...")
-    to_ome_zarr(image, target, version="0.5", chunks=32, overwrite=True)
-    print(format_info(describe_path(target)))
+    run_demo(args.output, workers=args.workers)
+    return 0
+
+
+def _config_value(key: str, value, where: str):
+    from .errors import InputError
+
+    kind = REGISTER_OPTIONS[key][0]
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+        return None
+    if key == "chunk_size":
+        if isinstance(value, (list, tuple)):
+            return [int(v) if str(v).isdigit() else str(v) for v in value]
+        text = str(value)
+        parts = [p.strip() for p in text.split(",")]
+        if len(parts) == 3:
+            return [int(p) if p.isdigit() else p for p in parts]
+        return int(text) if text.isdigit() else text
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: {key} must be {kind.__name__}; got {value!r}.") from None
+
+
+def register_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of :func:`ngffreg.register` from ``--config`` and options."""
+    from .errors import InputError
+
+    options: dict = {}
+    if args.config is not None:
+        import yaml
+
+        if not args.config.is_file():
+            raise InputError(f"--config {args.config}: no such file.")
+        try:
+            doc = yaml.safe_load(args.config.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise InputError(f"--config {args.config} is not valid YAML: {exc}") from None
+        if not isinstance(doc, dict):
+            raise InputError(f"--config {args.config} must hold a mapping of option: value.")
+        for raw, value in doc.items():
+            key = str(raw).replace("-", "_")
+            if key not in REGISTER_OPTIONS:
+                raise InputError(f"--config {args.config}: unknown key {raw!r}; known keys: "
+                                 f"{', '.join(REGISTER_OPTIONS)}.")
+            options[key] = _config_value(key, value, f"--config {args.config}")
+    for key in REGISTER_OPTIONS:
+        value = getattr(args, key)
+        if value is not None:
+            options[key] = _config_value(key, value, "--" + key.replace("_", "-"))
+    return options
+
+
+def _register(args: argparse.Namespace) -> int:
+    from .registration.register import register
+
+    options = register_options(args)
+    start = time.perf_counter()
+
+    def progress(rec: dict) -> None:
+        if not args.quiet:
+            extra = (f" ncc {rec['ncc_before']:.3f} → {rec['ncc_after']:.3f}"
+                     if rec.get("ncc_after") is not None else "")
+            note = f" ({rec['message']})" if rec.get("message") else ""
+            print(f"block {rec['id']} {rec['status']}{extra} in {rec['seconds']:.1f} s{note}",
+                  flush=True)
+
+    result = register(args.fixed, args.moving, args.output,
+                      fixed_voxel_size=args.fixed_voxel_size,
+                      moving_voxel_size=args.moving_voxel_size, unit=args.unit,
+                      overwrite=args.overwrite, progress=progress, **options)
+    m = result.coarse.metrics
+    print(f"coarse (level {result.coarse.fixed_level}): ncc {m['ncc_before']:.3f} → "
+          f"{m['ncc_after']:.3f} in {m['seconds']:.1f} s")
+    flagged = [r["id"] for r in result.blocks if r["status"] in ("failed", "rejected")]
+    if flagged:
+        print(f"flagged blocks (filled from neighbours): {flagged}; see qc/blocks.csv")
+    print(f"wrote {result.output} in {time.perf_counter() - start:.1f} s")
     return 0
 
 
@@ -249,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {
         "convert": _convert, "info": _info, "demo": _demo,
-        "transform-points": _transform_points, "warp": _warp,
+        "transform-points": _transform_points, "warp": _warp, "register": _register,
     }
     warnings.showwarning = _show_warning
     try:

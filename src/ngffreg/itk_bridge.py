@@ -202,3 +202,40 @@ def matrix_to_itk_affine(matrix_zyx: Any) -> Any:
     t.SetMatrix(itk.matrix_from_array(np.ascontiguousarray(m[:3, :3])))
     t.SetTranslation([float(v) for v in m[:3, 3]])
     return t
+
+
+# ---------------------------------------------------------------------------
+# ANTs images
+# ---------------------------------------------------------------------------
+def ants_length_scale(spacing_zyx: Any) -> float:
+    """The power of ten that brings the smallest voxel size into ``[0.3, 3)``.
+
+    ANTs misbehaves on tiny physical coordinates (voxel sizes below about 1e-3, e.g.
+    micrometre data in metres or millimetres); its registrations therefore run on
+    coordinates multiplied by this factor, and their results are scaled back. For 1 mm
+    MRI the factor is exactly 1.
+    """
+    smallest = float(np.min(np.asarray(spacing_zyx, dtype=np.float64)))
+    return float(10.0 ** -np.round(np.log10(smallest)))
+
+
+def to_ants(data_zyx: Any, spacing_zyx: Any, origin_zyx: Any, direction_zyx: Any,
+            scale: float = 1.0) -> Any:
+    """A float32 ANTs image of a z, y, x array with its physical grid; physical
+    coordinates (spacing and origin) are multiplied by ``scale``."""
+    import ants
+
+    arr = np.asarray(data_zyx, dtype=np.float32)
+    spacing, origin, direction = geometry_to_itk(
+        np.asarray(spacing_zyx, dtype=np.float64) * scale,
+        np.asarray(origin_zyx, dtype=np.float64) * scale, direction_zyx)
+    # ANTs' numpy view is indexed [x, y, z]
+    return ants.from_numpy(np.ascontiguousarray(arr.transpose(2, 1, 0)),
+                           origin=[float(v) for v in origin],
+                           spacing=[float(v) for v in spacing],
+                           direction=np.ascontiguousarray(direction))
+
+
+def from_ants(image: Any) -> np.ndarray:
+    """The z, y, x array of an ANTs image (its grid is the one it was made with)."""
+    return np.ascontiguousarray(image.numpy().transpose(2, 1, 0))

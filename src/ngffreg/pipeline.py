@@ -1,0 +1,155 @@
+"""``ChunkedRegistration``: the seed's pipeline class, a thin face over
+:func:`ngffreg.registration.register.register` and its steps.
+
+    reg = ChunkedRegistration("fixed.nii.gz", "moving.nii.gz", "out/",
+                              downsample_factor=4, chunk_size=64, overlap_fraction=0.25)
+    reg.run_full_pipeline("out/registered.ome.zarr", linear_type="Affine",
+                          nonlinear_type_coarse="SyN", nonlinear_type_fine="SyNOnly")
+
+or step by step: :meth:`perform_coarse_registration`, :meth:`register_all_chunks`,
+:meth:`apply_transforms_and_blend`. The class holds parameters and results; all the work is
+in the functional core.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .blocks import BlockPlan, plan_blocks
+from .image import Grid, spacing
+from .registration.blockwise import run_blocks
+from .registration.coarse import CoarseResult, coarse_register, image_levels
+from .registration.methods import AntsSyN, block_method
+from .registration.register import RegistrationResult, register
+from .transforms.model import DisplacementField, Sequence, Transform
+from .warp import choose_moving_level
+
+
+class ChunkedRegistration:
+    """Chunked registration of ``moving_image_path`` to ``fixed_image_path``.
+
+    Parameters
+    ----------
+    fixed_image_path, moving_image_path
+        Volumes in any format :func:`ngffreg.open_image` reads (or images / pyramids).
+    output_dir
+        Where :meth:`run_full_pipeline` and :meth:`apply_transforms_and_blend` write by
+        default (``output_dir/registered.ome.zarr``).
+    downsample_factor
+        Pyramid downsampling of the coarse step's level.
+    chunk_size
+        Block core size: voxels (int or z, y, x) or a length such as ``"2 mm"``.
+    overlap_fraction
+        Overlap added on each side of a block, as a fraction of its size.
+    prefer_dask
+        Run blocks in parallel (``workers`` processes, or ``client``'s dask cluster).
+    workers, client, fine_level, method
+        See :func:`ngffreg.registration.register.register`.
+    """
+
+    def __init__(self, fixed_image_path: Any, moving_image_path: Any, output_dir: Any = None,
+                 downsample_factor: float = 4, chunk_size: Any = 128,
+                 overlap_fraction: float = 0.25, prefer_dask: bool = True, *,
+                 workers: int = 2, client: Any = None, fine_level: int = 0,
+                 method: Any = None) -> None:
+        self.fixed_image_path = fixed_image_path
+        self.moving_image_path = moving_image_path
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.downsample_factor = downsample_factor
+        self.chunk_size = chunk_size
+        self.overlap_fraction = overlap_fraction
+        self.prefer_dask = prefer_dask
+        self.workers = workers if prefer_dask else 1
+        self.client = client if prefer_dask else None
+        self.fine_level = fine_level
+        self.method = method
+        self.fixed_levels = image_levels(fixed_image_path, name="fixed")
+        self.moving_levels = image_levels(moving_image_path, name="moving")
+        self.coarse: CoarseResult | None = None
+        self.plan: BlockPlan | None = None
+        self.blocks: list[dict[str, Any]] = []
+        self.result: RegistrationResult | None = None
+        self._work = tempfile.TemporaryDirectory(prefix="ngffreg-chunks-")
+
+    # the seed's methods --------------------------------------------------------------
+    def run_full_pipeline(self, output_path: Any = None, linear_type: str = "Affine",
+                          nonlinear_type_coarse: str | None = "SyN",
+                          nonlinear_type_fine: str | None = "SyNOnly",
+                          linear_accuracy: str = "medium", coarse_accuracy: str = "medium",
+                          fine_accuracy: str = "medium", *, interpolator: str = "linear",
+                          blend_sigma: float | None = None,
+                          overwrite: bool = False) -> RegistrationResult:
+        """Everything in one call: coarse, blocks, blend, warp, output store."""
+        self.result = register(
+            self.fixed_levels, self.moving_levels, self._output(output_path),
+            downsample_factor=self.downsample_factor, fine_level=self.fine_level,
+            chunk_size=self.chunk_size, overlap_fraction=self.overlap_fraction,
+            linear_type=linear_type, nonlinear_type_coarse=nonlinear_type_coarse,
+            nonlinear_type_fine=nonlinear_type_fine, linear_accuracy=linear_accuracy,
+            coarse_accuracy=coarse_accuracy, fine_accuracy=fine_accuracy,
+            method=self.method, interpolator=interpolator, blend_sigma=blend_sigma,
+            workers=self.workers, client=self.client, overwrite=overwrite)
+        self.coarse, self.plan, self.blocks = (self.result.coarse, self.result.plan,
+                                               self.result.blocks)
+        return self.result
+
+    def perform_coarse_registration(self, linear_type: str = "Affine",
+                                    nonlinear_type: str | None = "SyN",
+                                    linear_accuracy: str = "medium",
+                                    nonlinear_accuracy: str = "medium") -> CoarseResult:
+        """The coarse step at the level ``downsample_factor`` picks."""
+        self.coarse = coarse_register(
+            self.fixed_levels, self.moving_levels, linear_type=linear_type,
+            nonlinear_type=nonlinear_type, linear_accuracy=linear_accuracy,
+            nonlinear_accuracy=nonlinear_accuracy, downsample_factor=self.downsample_factor)
+        return self.coarse
+
+    def register_all_chunks(self, nonlinear_type: str = "SyNOnly",
+                            nonlinear_accuracy: str = "medium") -> list[dict[str, Any]]:
+        """Fine registration of every block (after :meth:`perform_coarse_registration`)."""
+        if self.coarse is None:
+            self.perform_coarse_registration()
+        method = (block_method(self.method) if self.method is not None
+                  else AntsSyN(accuracy=nonlinear_accuracy, nonlinear_type=nonlinear_type))
+        fixed = self.fixed_levels[self.fine_level]
+        moving = self.moving_levels[choose_moving_level(self.moving_levels, spacing(fixed),
+                                                        fixed.attrs.get("units"))[0]]
+        self.plan = plan_blocks(Grid.of(fixed), self.chunk_size, self.overlap_fraction,
+                                level=self.fine_level,
+                                foreground=self.fixed_levels[self.coarse.fixed_level])
+        self.blocks = run_blocks(self.plan, fixed, moving, self.coarse.transform, method,
+                                 Path(self._work.name), workers=self.workers,
+                                 client=self.client)
+        return self.blocks
+
+    def apply_transforms_and_blend(self, output_path: Any = None, interpolator: str = "linear",
+                                   blend_sigma: float | None = None,
+                                   overwrite: bool = False) -> Transform:
+        """Blend the block fields, warp the moving volume and write the output store;
+        returns the final fixed → moving transform."""
+        from .registration.reduce import blend
+        from .registration.register import _store_field
+        from .warp import write_warped
+
+        if not self.blocks:
+            self.register_all_chunks()
+        assert self.coarse is not None and self.plan is not None
+        fine: DisplacementField = _store_field(
+            blend(self.plan, self.blocks, Path(self._work.name), blend_sigma=blend_sigma),
+            Path(self._work.name))
+        steps = (self.coarse.transform.transforms if isinstance(self.coarse.transform, Sequence)
+                 else (self.coarse.transform,))
+        transform = Sequence(transforms=(fine, *steps))
+        write_warped(self.moving_levels, transform, self._output(output_path),
+                     like=self.fixed_levels[0], interpolator=interpolator, overwrite=overwrite)
+        self.transform = transform
+        return transform
+
+    def _output(self, output_path: Any) -> Path:
+        if output_path is not None:
+            return Path(output_path)
+        if self.output_dir is None:
+            raise ValueError("Give output_path, or output_dir when creating the pipeline.")
+        return self.output_dir / "registered.ome.zarr"

@@ -1,0 +1,1 @@
+"""Registration: coarse (whole volume at a pyramid level), blockwise (fine), reduce (blend)."""

@@ -1,0 +1,355 @@
+"""The registration pipeline, end to end: coarse → blocks → blend → warp → output store.
+
+:func:`register` is the functional core the faces (``ChunkedRegistration``, the CLI, the
+``.reg`` accessor) call. Its output store (``OUT.ome.zarr``):
+
+- the registered image: moving resampled onto the fixed grid, an OME-Zarr 0.6 pyramid;
+- ``coordinateTransformations``: the fixed → moving ``registration`` transform,
+  ``sequence[fine field, coarse field, affine]`` (NGFF 0.6, readable without ngffreg);
+- ``transforms/``: the same for ANTs users (``global_linear_transform.mat``,
+  ``global_nonlinear_warp.nii.gz``, ``fine_warp.nii.gz``; ``ants_transformlist.json``
+  lists them in the order ``ants.apply_transforms`` takes);
+- ``blocks/``: each block's residual field and record (what a rerun resumes from);
+- ``qc/``: ``blocks.csv`` (status, correlation before/after, Jacobian range, time per
+  block), ``summary.json``.
+
+While running, everything goes to ``OUT.ome.zarr.partial/``; finished blocks found there by
+a rerun with the same parameters are not registered again.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from ..blocks import BlockPlan, plan_blocks
+from ..errors import InputError, OutputError
+from ..image import Grid, spacing, to_units, units
+from ..transforms.model import DisplacementField, Sequence, Transform
+from ..warp import choose_moving_level, interpolation_order
+from . import ants_backend
+from .blockwise import block_table, run_blocks
+from .coarse import CoarseResult, coarse_register, image_levels, matching_level, pick_level
+from .methods import AntsSyN, BlockMethod, block_method
+from .reduce import blend
+
+#: Fine fields with more voxels than this are not exported as NIfTI for ANTs (ITK would
+#: hold them whole).
+ANTS_EXPORT_MAX_VOXELS = 2**27
+
+
+@dataclass
+class RegistrationResult:
+    """What :func:`register` produced."""
+
+    transform: Transform
+    coarse: CoarseResult
+    plan: BlockPlan | None
+    blocks: list[dict[str, Any]] = field(default_factory=list)
+    output: Path | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    fine: DisplacementField | None = None
+
+    @property
+    def table(self) -> list[dict[str, Any]]:
+        return block_table(self.blocks)
+
+
+def _params_key(params: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _prepare_work(output: Path, params: dict[str, Any], overwrite: bool) -> Path:
+    """The ``.partial`` folder of a run; kept when its parameters match (resume), else
+    started afresh."""
+    if output.exists() and not overwrite:
+        raise OutputError(f"{output} exists; pass overwrite=True (--overwrite) to replace it.")
+    work = output.parent / (output.name + ".partial")
+    key = _params_key(params)
+    stamp = work / "params.json"
+    if work.exists():
+        try:
+            old = json.loads(stamp.read_text())
+        except (OSError, ValueError):
+            old = {}
+        if old.get("key") != key:
+            shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps({"key": key, "params": params}, indent=1, default=str))
+    return work
+
+
+def _fine_level(fixed_levels: list[xr.DataArray], fine_level: int | None,
+                fine_spacing: Any) -> int:
+    if fine_spacing is not None:
+        return pick_level(fixed_levels, target_spacing=fine_spacing)
+    return pick_level(fixed_levels, level=fine_level or 0)
+
+
+def register(
+    fixed: Any,
+    moving: Any,
+    output: str | Path | None = None,
+    *,
+    downsample_factor: float | None = 4,
+    coarse_level: int | None = None,
+    coarse_spacing: Any = None,
+    coarse_memory_budget: Any = None,
+    fine_level: int | None = 0,
+    fine_spacing: Any = None,
+    chunk_size: Any = 128,
+    overlap_fraction: float = 0.25,
+    linear_type: str | None = "Affine",
+    nonlinear_type_coarse: str | None = "SyN",
+    nonlinear_type_fine: str | None = "SyNOnly",
+    linear_accuracy: str = "medium",
+    coarse_accuracy: str = "medium",
+    fine_accuracy: str = "medium",
+    method: Any = None,
+    interpolator: str = "linear",
+    blend_sigma: float | None = None,
+    fixed_mask: xr.DataArray | None = None,
+    moving_mask: xr.DataArray | None = None,
+    min_foreground: float = 0.02,
+    fixed_voxel_size: Any = None,
+    moving_voxel_size: Any = None,
+    unit: str | None = None,
+    workers: int = 1,
+    client: Any = None,
+    overwrite: bool = False,
+    export_ants: bool | None = None,
+    progress: Any = None,
+) -> RegistrationResult:
+    """Register ``moving`` to ``fixed``: coarse at a pyramid level, fine on blocks, blended.
+
+    Parameters
+    ----------
+    fixed, moving
+        Paths (any format :func:`ngffreg.open_image` reads), images, pyramids
+        (``xarray.DataTree``) or lists of levels, dims z, y, x.
+    output : path, optional
+        The output store ``OUT.ome.zarr`` (see the module docstring); without it nothing
+        is written and the blocks run in a temporary folder.
+    downsample_factor, coarse_level, coarse_spacing, coarse_memory_budget
+        The coarse level: ``coarse_level`` if given, else from a memory budget, a target
+        spacing, or level 0's spacing × ``downsample_factor`` (default 4).
+    fine_level, fine_spacing
+        The fixed level the blocks register at (default 0, full resolution).
+    chunk_size, overlap_fraction
+        Block core size (voxels: int or z, y, x; or lengths such as ``"2 mm"``) and the
+        overlap added per side as a fraction of it.
+    linear_type, nonlinear_type_coarse, nonlinear_type_fine
+        ``Translation``/``Rigid``/``Similarity``/``Affine``; ``SyNOnly``/``SyN``/``Elastic``
+        or ``None`` to skip that step.
+    linear_accuracy, coarse_accuracy, fine_accuracy
+        ``low``, ``medium`` or ``high`` (iteration schedules in
+        :mod:`ngffreg.registration.ants_backend`).
+    method
+        The block method: a name (``"ants-syn"``, ``"ants-affine"``) or a callable
+        ``(fixed, moving, initial, info) -> BlockResult``; default ANTs SyN with
+        ``nonlinear_type_fine`` and ``fine_accuracy``.
+    interpolator, blend_sigma
+        Interpolation of the registered image; half-width (voxels) of the blend across block
+        faces (default: half the overlap).
+    fixed_mask, moving_mask
+        Masks for the coarse step (any grid; resampled).
+    min_foreground
+        Blocks with a smaller fraction of foreground voxels are skipped.
+    workers, client
+        Parallel block registrations: a ``dask.distributed`` client, or a pool of
+        ``workers`` processes (1: in this process).
+    export_ants
+        Write ``transforms/`` for ANTs (default: when the fine field is small enough).
+    progress
+        A callable given each finished block's record.
+    """
+    t_start = time.perf_counter()
+    interpolation_order(interpolator)
+    fixed_levels = image_levels(fixed, voxel_size=fixed_voxel_size, unit=unit, name="fixed")
+    moving_levels = image_levels(moving, voxel_size=moving_voxel_size, unit=unit,
+                                 name="moving")
+    fixed_unit = units(fixed_levels[0])
+    moving_levels = [lv if units(lv) == fixed_unit else to_units(lv, fixed_unit)
+                     for lv in moving_levels]
+    if method is None and nonlinear_type_fine is not None:
+        method = AntsSyN(accuracy=fine_accuracy, nonlinear_type=nonlinear_type_fine)
+    elif method is not None:
+        method = block_method(method)
+    for name, value in (("linear_accuracy", linear_accuracy),
+                        ("coarse_accuracy", coarse_accuracy), ("fine_accuracy", fine_accuracy)):
+        ants_backend._check(name, value, ants_backend.ACCURACIES)
+    if linear_type is not None:
+        ants_backend._check("linear_type", linear_type, ants_backend.LINEAR_TYPES)
+    for name, value in (("nonlinear_type_coarse", nonlinear_type_coarse),
+                        ("nonlinear_type_fine", nonlinear_type_fine)):
+        if value is not None:
+            ants_backend._check(name, value, ants_backend.NONLINEAR_TYPES)
+
+    fi = _fine_level(fixed_levels, fine_level, fine_spacing)
+    fine_fixed = fixed_levels[fi]
+    fine_moving = moving_levels[choose_moving_level(moving_levels, spacing(fine_fixed),
+                                                    fixed_unit)[0]]
+    params = {
+        "fixed": str(fixed) if isinstance(fixed, (str, Path)) else "in-memory",
+        "moving": str(moving) if isinstance(moving, (str, Path)) else "in-memory",
+        "fixed_shape": list(fixed_levels[0].shape), "moving_shape": list(moving_levels[0].shape),
+        "downsample_factor": downsample_factor, "coarse_level": coarse_level,
+        "coarse_spacing": coarse_spacing, "coarse_memory_budget": coarse_memory_budget,
+        "fine_level": fi, "chunk_size": chunk_size, "overlap_fraction": overlap_fraction,
+        "linear_type": linear_type, "nonlinear_type_coarse": nonlinear_type_coarse,
+        "nonlinear_type_fine": nonlinear_type_fine, "linear_accuracy": linear_accuracy,
+        "coarse_accuracy": coarse_accuracy, "fine_accuracy": fine_accuracy,
+        "method": repr(method), "min_foreground": min_foreground,
+    }
+    timings: dict[str, float] = {}
+    tmp_holder = None
+    if output is not None:
+        output = Path(output).expanduser().resolve()
+        work = _prepare_work(output, params, overwrite)
+    else:
+        import tempfile
+
+        tmp_holder = tempfile.TemporaryDirectory(prefix="ngffreg-register-")
+        work = Path(tmp_holder.name)
+
+    # 1. coarse -------------------------------------------------------------------
+    t0 = time.perf_counter()
+    coarse = coarse_register(
+        fixed_levels, moving_levels, linear_type=linear_type,
+        nonlinear_type=nonlinear_type_coarse, linear_accuracy=linear_accuracy,
+        nonlinear_accuracy=coarse_accuracy, downsample_factor=downsample_factor,
+        target_spacing=coarse_spacing, memory_budget=coarse_memory_budget, level=coarse_level,
+        fixed_mask=fixed_mask, moving_mask=moving_mask)
+    timings["coarse_s"] = time.perf_counter() - t0
+
+    # 2. blocks ---------------------------------------------------------------------
+    plan = None
+    records: list[dict[str, Any]] = []
+    fine = None
+    transform: Transform = coarse.transform
+    if method is not None:
+        t0 = time.perf_counter()
+        fg_level = fixed_levels[min(coarse.fixed_level, len(fixed_levels) - 1)]
+        plan = plan_blocks(Grid.of(fine_fixed), chunk_size, overlap_fraction, level=fi,
+                           foreground=fg_level, min_foreground=min_foreground)
+        (work / "plan.json").write_text(json.dumps(plan.to_dict()))
+        records = run_blocks(plan, fine_fixed, fine_moving, coarse.transform, method, work,
+                             workers=workers, client=client, progress=progress)
+        timings["blocks_s"] = time.perf_counter() - t0
+        # 3. blend ----------------------------------------------------------------
+        t0 = time.perf_counter()
+        fine = _store_field(blend(plan, records, work, blend_sigma=blend_sigma), work)
+        timings["blend_s"] = time.perf_counter() - t0
+        steps = coarse.transform.transforms if isinstance(coarse.transform, Sequence) else (
+            coarse.transform,)
+        transform = Sequence(transforms=(fine, *steps))
+
+    result = RegistrationResult(transform, coarse, plan, records, None, timings, fine)
+    if output is None:
+        result.timings["total_s"] = time.perf_counter() - t_start
+        result._tmp = tmp_holder  # keeps the block fields alive with the result
+        return result
+
+    # 4. warp and write -----------------------------------------------------------------
+    t0 = time.perf_counter()
+    from ..warp import write_warped
+
+    write_warped(moving_levels, transform, output, like=fixed_levels[0],
+                 interpolator=interpolator, overwrite=overwrite)
+    timings["warp_s"] = time.perf_counter() - t0
+    result.output = output
+    timings["total_s"] = time.perf_counter() - t_start
+    _write_extras(output, work, result, export_ants)
+    shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def _store_field(field: DisplacementField, work: Path) -> DisplacementField:
+    """Compute the blended field once into ``work/fine`` and return it read lazily."""
+    import dask.array as da
+    import zarr
+
+    path = work / "fine"
+    if path.exists():
+        shutil.rmtree(path)
+    data = field.field.data
+    arr = zarr.create_array(store=str(path), shape=data.shape, dtype=np.float32,
+                            chunks=tuple(c[0] for c in data.chunks), zarr_format=3)
+    da.store(data, arr, lock=False)
+    grid = field.grid
+    return DisplacementField.from_array(da.from_zarr(str(path)), spacing=grid.spacing,
+                                        origin=grid.origin, direction=grid.direction,
+                                        unit=grid.unit, name="fine")
+
+
+def _write_extras(output: Path, work: Path, result: RegistrationResult,
+                  export_ants: bool | None) -> None:
+    """Blocks, QC table and summary, and the ANTs export, into the published store."""
+    if (work / "blocks").is_dir():
+        shutil.move(str(work / "blocks"), str(output / "blocks"))
+    if (work / "plan.json").is_file():
+        shutil.move(str(work / "plan.json"), str(output / "blocks" / "plan.json")
+                    if (output / "blocks").is_dir() else str(output / "plan.json"))
+    qc = output / "qc"
+    qc.mkdir(exist_ok=True)
+    rows = result.table
+    if rows:
+        with open(qc / "blocks.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: (json.dumps(v) if isinstance(v, list) else v)
+                                 for k, v in row.items()})
+    statuses: dict[str, int] = {}
+    for r in result.blocks:
+        statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+    summary = {"coarse": result.coarse.metrics, "coarse_level": result.coarse.fixed_level,
+               "blocks": statuses, "timings": result.timings,
+               "flagged": [r["id"] for r in result.blocks
+                           if r["status"] in ("failed", "rejected")]}
+    (qc / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+    fine = result.fine
+    if export_ants is None:
+        export_ants = fine is None or int(np.prod(fine.grid.shape)) <= ANTS_EXPORT_MAX_VOXELS
+    if export_ants:
+        export_ants_transforms(result, output / "transforms")
+
+
+def export_ants_transforms(result: RegistrationResult, folder: Path) -> list[str]:
+    """The seed's file layout for ANTs users: ``global_linear_transform.mat``,
+    ``global_nonlinear_warp.nii.gz`` (when the coarse step was deformable) and
+    ``fine_warp.nii.gz`` (the blended fine field); returns the ``transformlist`` for
+    ``ants.apply_transforms(fixed, moving, transformlist)`` (also written to
+    ``ants_transformlist.json``)."""
+    from ..transforms.files import write_displacement_field, write_itk_transform
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    steps = list(result.transform.transforms) if isinstance(result.transform, Sequence) else [
+        result.transform]
+    out = []
+    for i, step in enumerate(steps):
+        if step.is_linear:
+            path = folder / "global_linear_transform.mat"
+            write_itk_transform(step, path)
+        elif result.fine is not None and i == 0:
+            path = folder / "fine_warp.nii.gz"
+            write_displacement_field(step, path)
+        else:
+            path = folder / "global_nonlinear_warp.nii.gz"
+            write_displacement_field(step, path)
+        out.append(path.name)
+    (folder / "ants_transformlist.json").write_text(json.dumps(out))
+    return [str(folder / n) for n in out]
+
+
+__all__ = ["RegistrationResult", "export_ants_transforms", "matching_level", "register"]

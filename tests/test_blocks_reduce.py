@@ -1,0 +1,175 @@
+"""Block plans and blending, without any registration: fields are written by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ngffreg.blocks import (
+    BlockPlan,
+    block_shape,
+    boundary_indices,
+    index_points,
+    moving_region,
+    plan_blocks,
+    subgrid,
+)
+from ngffreg.errors import InputError
+from ngffreg.image import Grid
+from ngffreg.registration.blockwise import _write_block, read_record
+from ngffreg.registration.reduce import axis_weight, blend, ramp
+from ngffreg.transforms.model import Affine
+
+
+def _grid(shape=(40, 50, 60), spacing=(2.0, 1.0, 0.5), origin=(5.0, -3.0, 7.0)):
+    return Grid.from_origin(shape, spacing, origin, unit="millimeter")
+
+
+def test_plan_tiles_the_grid_with_overlap():
+    grid = _grid()
+    plan = plan_blocks(grid, chunk_size=16, overlap_fraction=0.25)
+    assert plan.counts == (2, 3, 4)
+    assert plan.overlap == (4, 4, 4)
+    cover = np.zeros(grid.shape, dtype=int)
+    for b in plan.blocks:
+        cover[b.core_slices] += 1
+        for k in range(3):
+            (c0, c1), (r0, r1) = b.core[k], b.region[k]
+            assert r0 == max(0, c0 - 4) and r1 == min(grid.shape[k], c1 + 4)
+    assert (cover == 1).all()  # cores tile the grid exactly once
+    again = BlockPlan.from_dict(plan.to_dict())
+    assert again.blocks == plan.blocks and again.edges == plan.edges
+    assert np.allclose(again.grid.origin, grid.origin)
+
+
+def test_mni_grid_with_64_voxel_blocks_has_at_least_27():
+    grid = Grid.from_origin((182, 218, 182), (1.0, 1.0, 1.0), unit="millimeter")
+    assert len(plan_blocks(grid, 64)) >= 27
+
+
+def test_chunk_size_as_lengths_and_errors():
+    grid = _grid()
+    assert block_shape("16 mm", grid) == (8, 16, 32)
+    assert block_shape(("16mm", 20, "4000 um"), grid) == (8, 20, 8)
+    with pytest.raises(InputError, match="too small"):
+        block_shape(4, grid)
+    with pytest.raises(InputError, match="length"):
+        block_shape("big", grid)
+    with pytest.raises(InputError, match="overlap_fraction"):
+        plan_blocks(grid, 16, overlap_fraction=1.5)
+
+
+def test_foreground_skips_empty_blocks():
+    grid = _grid((32, 32, 32), (1, 1, 1), (0, 0, 0))
+    data = np.zeros(grid.shape, dtype=np.float32)
+    data[:16, :16, :16] = 100.0  # signal in one octant only
+    plan = plan_blocks(grid, 16, 0.25, foreground=grid.image(data))
+    skipped = [b.index for b in plan.blocks if b.skip]
+    assert len(skipped) == 7 and (0, 0, 0) not in skipped
+
+
+def test_boundary_samples_cover_every_face():
+    pts = boundary_indices((10, 7, 5), step=4)
+    for k, n in enumerate((10, 7, 5)):
+        assert set(np.unique(pts[:, k])) >= {0.0, float(n - 1)}
+    assert len(np.unique(pts, axis=0)) == len(pts)
+    # every point is on a face
+    on_face = np.zeros(len(pts), dtype=bool)
+    for k, n in enumerate((10, 7, 5)):
+        on_face |= (pts[:, k] == 0) | (pts[:, k] == n - 1)
+    assert on_face.all()
+
+
+def test_moving_region_contains_the_whole_mapped_block():
+    fixed = _grid((40, 40, 40), (1, 1, 1), (0, 0, 0))
+    moving = _grid((60, 60, 60), (1.5, 1.5, 1.5), (-20, -20, -20))
+    a = np.deg2rad(20)
+    rot = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    t = Affine.from_matrix_offset(rot, [3.0, -2.0, 5.0])
+    block = subgrid(fixed, (slice(10, 30), slice(5, 35), slice(0, 20)))
+    region = moving_region(block, t, moving, margin=0)
+    assert region is not None
+    cidx = moving.continuous_index(t.apply(block.points()))
+    for k in range(3):
+        assert region[k].start <= np.floor(cidx[:, k].min())
+        assert region[k].stop >= np.ceil(cidx[:, k].max())
+    far = Affine.from_matrix_offset(np.eye(3), [1e4, 0, 0])
+    assert moving_region(block, far, moving) is None
+
+
+def test_subgrid_keeps_physical_positions():
+    grid = Grid.from_origin((20, 30, 40), (2.0, 1.0, 0.5), (1.0, 2.0, 3.0),
+                           direction=[[0, 1, 0], [1, 0, 0], [0, 0, -1]], unit="millimeter")
+    region = (slice(3, 9), slice(4, 10), slice(5, 11))
+    sub = subgrid(grid, region)
+    assert np.allclose(sub.points(), grid.points(region))
+    assert np.allclose(index_points(grid, [[3, 4, 5]]), sub.points()[:1])
+
+
+def test_ramp_is_a_partition_of_unity():
+    t = np.linspace(-2, 2, 101)
+    assert np.allclose(ramp(t) + ramp(-t), 1.0)
+    assert ramp(np.array([-1.0, 1.0])).tolist() == [0.0, 1.0]
+    w0 = axis_weight(np.arange(40.0), (0, 20), 40, 3.0)
+    w1 = axis_weight(np.arange(40.0), (20, 40), 40, 3.0)
+    assert np.allclose(w0 + w1, 1.0)
+    assert w0[0] == 1.0 and w1[-1] == 1.0  # no ramp on the image border
+
+
+def _records_from(plan, work, field_of, statuses=None):
+    records = []
+    for b in plan.blocks:
+        status = (statuses or {}).get(b.id, "ok")
+        pts = index_points(plan.grid, np.argwhere(np.ones(b.shape, bool)) +
+                           [r[0] for r in b.region])
+        field = np.moveaxis(field_of(pts).reshape(*b.shape, 3), -1, 0)
+        core = tuple(slice(c0 - r0, c1 - r0) for (c0, c1), (r0, _) in zip(b.core, b.region))
+        rec = {"id": b.id, "status": status,
+               "core_mean": field[(slice(None), *core)].reshape(3, -1).mean(1).tolist()}
+        if status != "ok":
+            field = np.zeros_like(field)
+        _write_block(work, b, field, rec)
+        records.append(read_record(work, b.id))
+    return records
+
+
+def test_blend_reproduces_a_field_every_block_agrees_on(tmp_path):
+    grid = _grid((30, 34, 38), (1.0, 1.0, 1.0), (0, 0, 0))
+    plan = plan_blocks(grid, 12, 0.25)
+
+    def smooth(p):
+        return np.stack([np.sin(p[:, 0] / 7), np.cos(p[:, 1] / 9), 0.1 * p[:, 2]], axis=1)
+
+    records = _records_from(plan, tmp_path, smooth)
+    field = blend(plan, records, tmp_path, chunks=16)
+    got = np.asarray(field.field.values)
+    want = np.moveaxis(smooth(grid.points()).reshape(*grid.shape, 3), -1, 0)
+    assert np.abs(got - want).max() < 1e-5
+
+
+def test_blend_seams_are_smooth_and_failed_blocks_filled(tmp_path):
+    grid = _grid((36, 36, 36), (1.0, 1.0, 1.0), (0, 0, 0))
+    plan = plan_blocks(grid, 12, 0.25)
+    rng = np.random.default_rng(0)
+    offsets = {b.id: rng.normal(0, 1, 3) for b in plan.blocks}
+    centre = next(b for b in plan.blocks if b.index == (1, 1, 1))
+
+    def per_block(bid):
+        return lambda p: np.broadcast_to(offsets[bid], p.shape).copy()
+
+    records = []
+    for b in plan.blocks:
+        records += _records_from(BlockPlan(plan.grid, 0, plan.size, plan.overlap, plan.edges,
+                                           (b,)), tmp_path, per_block(b.id),
+                                 {centre.id: "failed"})
+    field = np.asarray(blend(plan, records, tmp_path, chunks=16).field.values)
+    # the failed block's core centre holds the mean of its usable neighbours
+    neigh = [offsets[o.id] for o in plan.neighbours(centre)]
+    assert np.allclose(field[:, 18, 18, 18], np.mean(neigh, axis=0), atol=1e-5)
+    assert records[centre.id]["filled_with"] is not None
+    # a blend of constant blocks changes by at most |Δ| · max ramp slope (π / 4w) per voxel
+    width = min(plan.overlap) / 2
+    values = [offsets[b.id] for b in plan.blocks if b.id != centre.id] + [np.mean(neigh, 0)]
+    jump = max(np.abs(a - b).max() for a in values for b in values)
+    grad = max(np.abs(np.diff(field, axis=k)).max() for k in (1, 2, 3))
+    assert grad <= jump * np.pi / (4 * width) * 1.8
