@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..blocks import BlockPlan, plan_blocks
+from ..blocks import BlockPlan, block_shape, plan_blocks
 from ..errors import InputError, OutputError
 from ..image import Grid, spacing, to_units, units
 from ..transforms.model import DisplacementField, Sequence, Transform
@@ -174,16 +174,6 @@ def register(
     """
     t_start = time.perf_counter()
     interpolation_order(interpolator)
-    fixed_levels = image_levels(fixed, voxel_size=fixed_voxel_size, unit=unit, name="fixed")
-    moving_levels = image_levels(moving, voxel_size=moving_voxel_size, unit=unit,
-                                 name="moving")
-    fixed_unit = units(fixed_levels[0])
-    moving_levels = [lv if units(lv) == fixed_unit else to_units(lv, fixed_unit)
-                     for lv in moving_levels]
-    if method is None and nonlinear_type_fine is not None:
-        method = AntsSyN(accuracy=fine_accuracy, nonlinear_type=nonlinear_type_fine)
-    elif method is not None:
-        method = block_method(method)
     for name, value in (("linear_accuracy", linear_accuracy),
                         ("coarse_accuracy", coarse_accuracy), ("fine_accuracy", fine_accuracy)):
         ants_backend._check(name, value, ants_backend.ACCURACIES)
@@ -194,8 +184,21 @@ def register(
         if value is not None:
             ants_backend._check(name, value, ants_backend.NONLINEAR_TYPES)
 
+    fixed_levels = image_levels(fixed, voxel_size=fixed_voxel_size, unit=unit, name="fixed")
+    moving_levels = image_levels(moving, voxel_size=moving_voxel_size, unit=unit,
+                                 name="moving")
+    fixed_unit = units(fixed_levels[0])
+    moving_levels = [lv if units(lv) == fixed_unit else to_units(lv, fixed_unit)
+                     for lv in moving_levels]
+    if method is None and nonlinear_type_fine is not None:
+        method = AntsSyN(accuracy=fine_accuracy, nonlinear_type=nonlinear_type_fine)
+    elif method is not None:
+        method = block_method(method)
     fi = _fine_level(fixed_levels, fine_level, fine_spacing)
     fine_fixed = fixed_levels[fi]
+    if not 0 <= overlap_fraction < 1:
+        raise InputError(f"overlap_fraction must be in [0, 1); got {overlap_fraction}.")
+    block_shape(chunk_size, Grid.of(fine_fixed))  # a bad chunk_size fails before any work
     fine_moving = moving_levels[choose_moving_level(moving_levels, spacing(fine_fixed),
                                                     fixed_unit)[0]]
     params = {
@@ -267,6 +270,14 @@ def register(
                  interpolator=interpolator, overwrite=overwrite)
     timings["warp_s"] = time.perf_counter() - t0
     result.output = output
+    # from here on the transform reads its fields from the published store, not ``work``
+    from ..transforms.ngff import read_registration
+
+    stored = read_registration(output)
+    result.transform = stored
+    if fine is not None:
+        steps = getattr(stored, "forward", stored)
+        result.fine = steps.transforms[0] if isinstance(steps, Sequence) else None
     timings["total_s"] = time.perf_counter() - t_start
     _write_extras(output, work, result, export_ants)
     shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,158 @@
+"""The registration pipeline end to end, on real data with known or measured answers."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from ngffreg.errors import InputError
+from ngffreg.image import Grid
+from ngffreg.registration.methods import BlockResult
+from ngffreg.registration.register import register
+from ngffreg.transforms.model import Identity
+
+pytest.importorskip("ants")
+
+
+def _truth(data_dir):
+    from ngffreg.transforms.files import read_c3d_matrix
+
+    return read_c3d_matrix(data_dir / "greedy" / "phantom01_rigid.mat", maps="moving_to_fixed")
+
+
+def _mask_points(data_dir):
+    import ngffreg
+
+    mask = ngffreg.open_image(data_dir / "greedy" / "phantom01_mask.nii.gz").compute()
+    return Grid.of(mask).points()[mask.values.ravel() > 0]
+
+
+@pytest.fixture(scope="module")
+def phantom_run(tmp_path_factory, data_dir):
+    """The full pipeline on greedy phantom01 (known rigid truth): rigid coarse step, SyN
+    blocks on the 2 mm level (8 blocks), written to an output store."""
+    out = tmp_path_factory.mktemp("phantom") / "out.ome.zarr"
+    d = data_dir / "greedy"
+    result = register(d / "phantom01_fixed.nii.gz", d / "phantom01_moving.nii.gz", out,
+                      linear_type="Rigid", nonlinear_type_coarse=None, linear_accuracy="low",
+                      downsample_factor=2, fine_level=1, chunk_size=32, fine_accuracy="low",
+                      min_foreground=0.005, workers=2)
+    return result, out
+
+
+@pytest.mark.slow
+def test_phantom_rigid_pipeline_is_within_half_a_millimetre_of_the_truth(data_dir):
+    d = data_dir / "greedy"
+    result = register(d / "phantom01_fixed.nii.gz", d / "phantom01_moving.nii.gz",
+                      linear_type="Rigid", nonlinear_type_coarse=None,
+                      nonlinear_type_fine=None, linear_accuracy="low", downsample_factor=2)
+    pts = _mask_points(data_dir)
+    err = np.linalg.norm(result.transform.apply(pts) - _truth(data_dir).apply(pts), axis=1)
+    assert err.max() < 0.5, f"max {err.max():.3f} mm, median {np.median(err):.3f} mm"
+    assert result.coarse.metrics["ncc_after"] > result.coarse.metrics["ncc_before"]
+
+
+@pytest.mark.slow
+def test_phantom_blocks_run_and_report(phantom_run):
+    result, _ = phantom_run
+    assert len(result.blocks) == 8
+    for r in result.blocks:
+        assert r["status"] == "ok", result.table
+        assert r["ncc_after"] >= r["ncc_before"] - 0.01
+        assert r["jacobian_min"] > 0
+
+
+@pytest.mark.slow
+def test_output_store_is_complete_and_readable_without_ngffreg(phantom_run, data_dir, tmp_path):
+    """The store holds the registered image, the NGFF transform (a spec-only reader maps
+    points like transform-points), the QC table, the block results and ANTs files that
+    ants.apply_transforms_to_points agrees with."""
+    import ants
+    import pandas as pd
+
+    import ngff_spec_reader
+    import ngffreg
+    from ngffreg.cli import main
+
+    result, out = phantom_run
+    assert not (out.parent / (out.name + ".partial")).exists()
+    image = ngffreg.open_image(out)
+    assert image.shape == (128, 128, 128)
+    pts = _mask_points(data_dir)[::50]
+    ours = result.transform.apply(pts)
+    assert np.abs(ngff_spec_reader.map_points(out, pts) - ours).max() < 1e-3
+    pd.DataFrame(pts, columns=["z", "y", "x"]).to_csv(tmp_path / "in.csv", index=False)
+    assert main(["transform-points", str(out), "--points", str(tmp_path / "in.csv"),
+                 "-o", str(tmp_path / "out.csv")]) == 0
+    cli = pd.read_csv(tmp_path / "out.csv")[["z", "y", "x"]].to_numpy()
+    assert np.abs(cli - ours).max() < 1e-3
+
+    with open(out / "qc" / "blocks.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 8 and {"status", "ncc_before", "ncc_after", "jacobian_min"} <= set(rows[0])
+    summary = json.loads((out / "qc" / "summary.json").read_text())
+    assert summary["coarse"]["ncc_after"] > summary["coarse"]["ncc_before"]
+    assert len(list((out / "blocks").glob("b*"))) == 8
+
+    listing = json.loads((out / "transforms" / "ants_transformlist.json").read_text())
+    files = [str(out / "transforms" / name) for name in listing]
+    xyz = pd.DataFrame(pts[:, ::-1], columns=["x", "y", "z"])
+    theirs = ants.apply_transforms_to_points(3, xyz, files)[["x", "y", "z"]].to_numpy()[:, ::-1]
+    assert np.abs(theirs - ours).max() < 1e-2
+
+
+def _identity_method(fail_ids):
+    def method(fixed, moving, initial, info):
+        if info.id in fail_ids:
+            raise RuntimeError("this block is broken on purpose")
+        return BlockResult("ok", Identity())
+
+    return method
+
+
+@pytest.mark.slow
+def test_a_block_method_that_raises_is_flagged_and_filled(data_dir, tmp_path):
+    d = data_dir / "greedy"
+    out = tmp_path / "out.ome.zarr"
+    result = register(d / "phantom01_fixed.nii.gz", d / "phantom01_moving.nii.gz", out,
+                      linear_type="Translation", nonlinear_type_coarse=None,
+                      linear_accuracy="low", downsample_factor=4, fine_level=2, chunk_size=16,
+                      min_foreground=0.0, method=_identity_method({0, 3}))
+    by_id = {r["id"]: r for r in result.blocks}
+    assert by_id[0]["status"] == "failed" and "broken on purpose" in by_id[0]["message"]
+    assert by_id[3]["status"] == "failed"
+    assert all(r["status"] == "ok" for i, r in by_id.items() if i not in (0, 3))
+    summary = json.loads((out / "qc" / "summary.json").read_text())
+    assert summary["flagged"] == [0, 3]
+    assert out.is_dir()
+
+
+def test_bad_input_is_refused_before_any_work(data_dir, tmp_path):
+    import xarray as xr
+
+    d = data_dir / "greedy"
+    fixed = d / "phantom01_fixed.nii.gz"
+    with pytest.raises(InputError, match="Rigid"):
+        register(fixed, fixed, linear_type="rigid")
+    with pytest.raises(InputError, match="low, medium, high"):
+        register(fixed, fixed, fine_accuracy="best")
+    with pytest.raises(InputError, match="SyNOnly"):
+        register(fixed, fixed, nonlinear_type_fine="BSplineSyN")
+    four_d = xr.DataArray(np.zeros((2, 8, 8, 8)), dims=("t", "z", "y", "x"))
+    with pytest.raises(InputError, match="3-D"):
+        register(four_d, fixed)
+
+
+@pytest.mark.slow
+def test_images_that_do_not_overlap_are_refused(data_dir):
+    import ngffreg
+    from ngffreg.image import make_image
+
+    image = ngffreg.open_image(data_dir / "greedy" / "phantom01_fixed.nii.gz").compute()
+    far = make_image(image.values, spacing=(1, 1, 1), origin=(5000.0, 0, 0), unit="millimeter")
+    with pytest.raises(InputError, match="do not overlap"):
+        register(image, far, linear_type=None, nonlinear_type_coarse=None,
+                 nonlinear_type_fine=None, downsample_factor=4)
