@@ -30,7 +30,8 @@ Usage::
     .venv/bin/python benchmarks/bench_interpolation.py --chunk 64 --repeats 3   # quick
 
 Results go to ``benchmarks/results/interpolation.json``; a Markdown table is printed.
-numba is optional (``pip install numba``); without it its rows are skipped.
+numba is a dependency of ngffreg now (its kernels in ``ngffreg.kernels`` grew out of
+these); the rows are skipped where it does not import.
 """
 
 from __future__ import annotations

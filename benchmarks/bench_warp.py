@@ -34,10 +34,18 @@ A correctness check (not timed) warps the small volume with ngffreg to float32 a
 compares with ANTs' and ITK's float32 outputs: max |difference| over the voxels at least
 8 voxels from the faces, relative to the moving intensity range.
 
+``--per-chunk`` instead times single 128³ output chunks in this process (one thread,
+synchronous scheduler): a row of neighbouring chunks along x in the middle of the volume,
+for the compiled path (``ngffreg.kernels``) and the reference path
+(``ngffreg.warp.USE_KERNELS = False``), linear and nearest neighbour, uint16 output. The
+first chunk of each row starts with an empty chunk cache (and pays any numba compile);
+the median is over the others, which reuse the source chunks their neighbours decoded.
+
 Usage::
 
     .venv/bin/python benchmarks/bench_warp.py --quick   # small size only, ~1-2 min
-    .venv/bin/python benchmarks/bench_warp.py           # + 1024x1536x1536 (4.5 GiB), ~20 min
+    .venv/bin/python benchmarks/bench_warp.py           # + 1024x1536x1536 (4.5 GiB), ~10 min
+    .venv/bin/python benchmarks/bench_warp.py --per-chunk [--per-chunk-size full]
 
 Results are appended to ``benchmarks/results/warp.json``; a Markdown table is printed.
 """
@@ -312,6 +320,49 @@ def bench_size(work: Path, shape: tuple[int, ...], *, others: bool, levels: int)
     return result
 
 
+def per_chunk(work: Path, shape: tuple[int, ...]) -> dict:
+    """Seconds per 128³ output chunk (one thread), compiled and reference paths."""
+    import importlib
+    import statistics
+
+    import dask
+    import dask.array as da
+
+    import ngffreg
+    from ngffreg.image import Grid
+    from ngffreg.sampling import CHUNK_CACHE
+    from ngffreg.transforms.model import Affine, DisplacementField, Sequence
+
+    warp_module = importlib.import_module("ngffreg.warp")
+    cfg = json.loads(write_config(work, shape).read_text())
+    moving = ngffreg.open_image(cfg["source"], voxel_size=(1, 1, 1), unit="um")
+    field = DisplacementField.from_array(da.from_zarr(cfg["field"]),
+                                         spacing=cfg["field_spacing"], unit="um")
+    transform = Sequence(transforms=(field, Affine(matrix=cfg["matrix"])))
+    grid = Grid.of(moving)
+    nz, ny, nx = (-(-n // CHUNK) for n in shape)
+    blocks = [(nz // 2, ny // 2, k) for k in range(min(nx, 7))]
+    rows = {}
+    for path in ("compiled", "reference"):
+        warp_module.USE_KERNELS = path == "compiled"
+        for interpolator in ("linear", "nearestNeighbor"):
+            CHUNK_CACHE.clear()
+            out = warp_module.warp(moving, transform, like=grid, interpolator=interpolator,
+                                   chunks=CHUNK, dtype="uint16")
+            times = []
+            with dask.config.set(scheduler="synchronous"):
+                for b in blocks:
+                    t = time.perf_counter()
+                    out.data.blocks[b].compute()
+                    times.append(round(time.perf_counter() - t, 3))
+            rows[f"{path} {interpolator}"] = {"first_s": times[0],
+                                              "median_s": statistics.median(times[1:]),
+                                              "times_s": times}
+            print(f"  {path} {interpolator}: {times} s per chunk", flush=True)
+    warp_module.USE_KERNELS = True
+    return {"shape": list(shape), "blocks": [list(b) for b in blocks], "rows": rows}
+
+
 def table(results: list[dict]) -> str:
     lines = ["| size | run | wall s | Mvoxel/s | peak RSS GiB | ratio to copy | note |",
              "|---|---|---|---|---|---|---|"]
@@ -341,11 +392,21 @@ def main() -> None:
                         help="pyramid levels of the to_ome_zarr run (small size; 0: skip)")
     parser.add_argument("--workdir", type=Path, default=HERE / "_work" / "warp")
     parser.add_argument("--clean", action="store_true", help="remove the work folder after")
+    parser.add_argument("--per-chunk", action="store_true",
+                        help="time single output chunks instead (one thread)")
+    parser.add_argument("--per-chunk-size", choices=("small", "full"), default="small")
     args = parser.parse_args()
 
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    if args.per_chunk:
+        shape = SMALL if args.per_chunk_size == "small" else tuple(args.full_shape)
+        result = per_chunk(work, shape)
+        print("\n| path | median s per chunk | first chunk s |\n|---|---|---|")
+        for name, r in result["rows"].items():
+            print(f"| {name} | {r['median_s']} | {r['first_s']} |")
+        return
     results = [bench_size(work, SMALL, others=True, levels=args.levels)]
     if not args.quick:
         results.append(bench_size(work, tuple(args.full_shape), others=False, levels=0))

@@ -9,12 +9,24 @@ so the routine is safe inside dask tasks and on distributed workers.
 
 Edge rule (ITK's): neighbours past the array's edge repeat the edge. Whether a point is
 inside at all is the caller's business (see :meth:`ngffreg.image.Grid.inside`).
+
+Reads may go through a per-process cache of decoded source chunks (``cache=`` a token):
+a dask array is then read whole chunk by whole chunk, each chunk decoded once and kept
+(least recently used first out, :data:`CHUNK_CACHE_BYTES` in all), so neighbouring output
+chunks of a warp, whose moving regions overlap, do not decode the same source chunks
+again. The token scopes the entries (one per warp call), so a store rewritten under the
+same name between two calls is never served stale.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
+import threading
+from collections import OrderedDict
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 from scipy import ndimage
@@ -36,8 +48,177 @@ def footprint(order: int) -> tuple[int, int]:
     raise ValueError(f"Interpolation order must be one of {ORDERS}; got {order}.")
 
 
-def read_region(data: Any, region: tuple[slice, ...]) -> np.ndarray:
-    """``data[region]`` as numpy, in its own dtype; dask arrays are read on this thread."""
+#: Bytes of decoded source chunks a process keeps for reuse (see :class:`ChunkCache`);
+#: ``NGFFREG_CHUNK_CACHE_MB`` in the environment overrides it (0 turns the cache off).
+CHUNK_CACHE_BYTES = int(float(os.environ.get("NGFFREG_CHUNK_CACHE_MB", 256)) * 2**20)
+
+
+class ChunkCache:
+    """A thread-safe, least-recently-used store of decoded chunks, bounded in bytes.
+
+    A chunk one thread is decoding is not decoded again by another that needs it at the
+    same time: :meth:`claim` tells the second to wait for the first (neighbouring output
+    chunks run side by side and share source chunks). No lock is held while decoding."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = int(limit)
+        self._items: OrderedDict[Any, np.ndarray] = OrderedDict()
+        self._pending: dict[Any, threading.Event] = {}
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def get(self, key: Any) -> np.ndarray | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def claim(self, key: Any) -> tuple[np.ndarray | None, threading.Event | None]:
+        """``(value, None)`` when the chunk is here; ``(None, event)`` when another thread
+        is decoding it (wait for the event, then :meth:`get`); ``(None, None)`` when it is
+        the caller's to decode: then :meth:`put` it, or :meth:`release` it on failure."""
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self.hits += 1
+                self._items.move_to_end(key)
+                return value, None
+            event = self._pending.get(key)
+            if event is not None:
+                self.hits += 1
+                return None, event
+            self.misses += 1
+            self._pending[key] = threading.Event()
+            return None, None
+
+    def put(self, key: Any, value: np.ndarray) -> None:
+        value.setflags(write=False)
+        with self._lock:
+            if value.nbytes <= self.limit and key not in self._items:
+                self._items[key] = value
+                self._bytes += value.nbytes
+                while self._bytes > self.limit:
+                    _, old = self._items.popitem(last=False)
+                    self._bytes -= old.nbytes
+            event = self._pending.pop(key, None)
+        if event is not None:
+            event.set()
+
+    def release(self, key: Any) -> None:
+        """Give up a claim (the decode failed): whoever waits decodes it themselves."""
+        with self._lock:
+            event = self._pending.pop(key, None)
+        if event is not None:
+            event.set()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+            self.hits = self.misses = 0
+
+
+#: The process's chunk cache (used by :func:`read_region` when given a token).
+CHUNK_CACHE = ChunkCache(CHUNK_CACHE_BYTES)
+
+
+def _cacheable(data: Any) -> bool:
+    """A dask array whose chunks are small enough to keep: at most 1/16 of the cache."""
+    if not isinstance(data, da.Array) or any(np.isnan(c).any() for c in data.chunks):
+        return False
+    largest = np.prod([max(c) if c else 0 for c in data.chunks]) * data.dtype.itemsize
+    return 0 < largest <= CHUNK_CACHE.limit // 16
+
+
+def _zarr_source(data: da.Array) -> Any:
+    """The Zarr array a plain ``da.from_zarr`` array reads, or None: its chunks are then
+    read from Zarr directly, without building and running a dask graph for each (the
+    same values: dask's getter is ``np.asarray(array[slices])``)."""
+    try:
+        layers = data.__dask_graph__().layers
+        key = f"original-{data.name}"
+        if not data.name.startswith("from-zarr-") or set(layers) != {key, data.name}:
+            return None
+        array = layers[key][key]
+    except Exception:  # any other graph: read through dask
+        return None
+    import zarr
+
+    if isinstance(array, zarr.Array) and tuple(array.shape) == tuple(data.shape):
+        return array
+    return None
+
+
+def _read_cached(data: da.Array, region: tuple[slice, ...], token: Any) -> np.ndarray:
+    """``data[region]`` assembled from whole chunks, each taken from the cache, waited for
+    (another thread is decoding it) or decoded and then kept."""
+    region = tuple(region) + (slice(None),) * (data.ndim - len(region))
+    span = [sl.indices(n)[:2] for sl, n in zip(region, data.shape, strict=True)]
+    out = np.empty(tuple(max(b - a, 0) for a, b in span), dtype=data.dtype)
+    if out.size == 0:
+        return out
+    bounds = [np.concatenate([[0], np.cumsum(c)]).astype(np.int64) for c in data.chunks]
+    ranges = [range(int(np.searchsorted(b, a, side="right")) - 1,
+                    int(np.searchsorted(b, e - 1, side="right")))
+              for b, (a, e) in zip(bounds, span, strict=True)]
+    blocks: dict[tuple[int, ...], np.ndarray] = {}
+    mine: list[tuple[int, ...]] = []
+    theirs: list[tuple[tuple[int, ...], threading.Event]] = []
+    for cid in itertools.product(*ranges):
+        block, event = CHUNK_CACHE.claim((token, data.name, cid))
+        if block is not None:
+            blocks[cid] = block
+        elif event is None:
+            mine.append(cid)
+        else:
+            theirs.append((cid, event))
+
+    def decode(cids: list[tuple[int, ...]]) -> list[np.ndarray]:
+        boxes = [tuple(slice(int(b[c]), int(b[c + 1])) for b, c in zip(bounds, cid, strict=True))
+                 for cid in cids]
+        direct = _zarr_source(data)
+        if direct is not None:
+            return [np.asarray(direct[box]) for box in boxes]
+        return [np.asarray(block) for block in
+                dask.compute(*[data[box] for box in boxes], scheduler="synchronous")]
+
+    if mine:  # decode ours first (never wait while holding claims: no deadlock)
+        try:
+            for cid, block in zip(mine, decode(mine), strict=True):
+                CHUNK_CACHE.put((token, data.name, cid), block)
+                blocks[cid] = block
+        finally:
+            for cid in mine:
+                if cid not in blocks:
+                    CHUNK_CACHE.release((token, data.name, cid))
+    for cid, event in theirs:
+        event.wait()
+        block = CHUNK_CACHE.get((token, data.name, cid))
+        blocks[cid] = block if block is not None else decode([cid])[0]
+    for cid, block in blocks.items():
+        src, dst = [], []
+        for b, c, (a, e) in zip(bounds, cid, span, strict=True):
+            lo, hi = max(int(b[c]), a), min(int(b[c + 1]), e)
+            src.append(slice(lo - int(b[c]), hi - int(b[c])))
+            dst.append(slice(lo - a, hi - a))
+        out[tuple(dst)] = block[tuple(src)]
+    return out
+
+
+def read_region(data: Any, region: tuple[slice, ...], *, cache: Any = None) -> np.ndarray:
+    """``data[region]`` as numpy, in its own dtype; dask arrays are read on this thread.
+
+    With ``cache`` (a hashable token), a dask array with small enough chunks is read
+    through :data:`CHUNK_CACHE` (whole chunks, decoded once per token)."""
+    if cache is not None and _cacheable(data) and all(
+            isinstance(sl, slice) and sl.step in (None, 1) for sl in region):
+        return _read_cached(data, region, cache)
     part = data[region]
     if isinstance(part, da.Array):
         part = part.compute(scheduler="synchronous")
@@ -96,8 +277,9 @@ def region_bounds(cidx: np.ndarray, n: Any, order: int = 1) -> tuple[np.ndarray,
 
 
 def sample(data: Any, cidx: np.ndarray, *, order: int = 1,
-           region_bytes: int = REGION_BYTES) -> np.ndarray:
-    """Interpolate the ``(C, z, y, x)`` array ``data`` at continuous indices ``(m, 3)``."""
+           region_bytes: int = REGION_BYTES, cache: Any = None) -> np.ndarray:
+    """Interpolate the ``(C, z, y, x)`` array ``data`` at continuous indices ``(m, 3)``
+    (``cache``: a token to read through the chunk cache, see :func:`read_region`)."""
     lo_off, hi_off = footprint(order)
     n = np.asarray(data.shape[1:])
     channels = data.shape[0]
@@ -105,7 +287,7 @@ def sample(data: Any, cidx: np.ndarray, *, order: int = 1,
         return np.zeros((0, channels), dtype=data.dtype if order == 0 else np.float64)
     lo, hi = region_bounds(cidx, n, order)
     if 8 * channels * int(np.prod(hi - lo)) <= region_bytes:
-        return interpolate(read_region(data, _box(lo, hi)), cidx - lo, order)
+        return interpolate(read_region(data, _box(lo, hi), cache=cache), cidx - lo, order)
     base = np.clip(np.floor(cidx).astype(np.int64), 0, n - 1)
     # Too large a region: group the points by the chunk of their floor index.
     bounds = chunk_bounds(data)
@@ -121,7 +303,8 @@ def sample(data: Any, cidx: np.ndarray, *, order: int = 1,
         cid = np.unravel_index(chunk, counts)
         lo_c = np.array([max(bounds[k][cid[k]] + lo_off, 0) for k in range(3)])
         hi_c = np.array([min(bounds[k][cid[k] + 1] - 1 + hi_off, n[k]) for k in range(3)])
-        values = interpolate(read_region(data, _box(lo_c, hi_c)), cidx[sel] - lo_c, order)
+        values = interpolate(read_region(data, _box(lo_c, hi_c), cache=cache),
+                             cidx[sel] - lo_c, order)
         if out is None:
             out = np.empty((len(cidx), channels), dtype=values.dtype)
         out[sel] = values

@@ -9,10 +9,24 @@ graph carries no arrays: a task is a function of its chunk's location.
 Rules (ITK's, so results match ``ants.apply_transforms``): a mapped point is inside the
 moving image while its continuous index lies in ``[-0.5, n - 0.5)``; neighbours past the
 edge repeat the edge; points outside get ``fill_value``.
+
+Two paths compute a chunk with the same rules. The compiled one (:mod:`ngffreg.kernels`,
+numba) takes transforms made of linear steps (``Identity``, ``Translation``, ``Scale``,
+``Affine``) and displacement fields, in any order and nesting (``Sequence``,
+``Bijection``): it pushes each point through the chain and interpolates (nearest,
+linear; B-spline goes through scipy on the computed indices) without building the
+intermediate point arrays. Everything else (thin-plate splines, subclasses, a field or
+moving region too large to hold) takes the reference path: ``transform.apply_grid`` then
+:func:`ngffreg.sampling.sample`. Both read the moving image (and the fields) through a
+per-process cache of decoded chunks scoped to the warp call
+(:data:`ngffreg.sampling.CHUNK_CACHE`), so neighbouring output chunks do not decode the
+same source chunks again.
 """
 
 from __future__ import annotations
 
+import math
+import uuid
 from typing import Any
 
 import dask.array as da
@@ -22,8 +36,18 @@ import xarray as xr
 from .errors import InputError
 from .image import SPATIAL_DIMS, Grid, to_units, units
 from .image import spacing as image_spacing
-from .sampling import sample
-from .transforms.model import Transform, _as_grid
+from .sampling import REGION_BYTES, footprint, read_region, sample
+from .transforms.model import (
+    Affine,
+    Bijection,
+    DisplacementField,
+    Identity,
+    Scale,
+    Sequence,
+    Transform,
+    Translation,
+    _as_grid,
+)
 from .units import unit_factor
 
 #: The seed's interpolator names, and the spline order each stands for.
@@ -42,6 +66,240 @@ def interpolation_order(interpolator: str) -> int:
             f"Unknown interpolator {interpolator!r}; choose one of {sorted(INTERPOLATORS)} "
             "(nearestNeighbor for label images).")
     return INTERPOLATORS[name]
+
+
+#: Use the compiled kernels when numba imports (tests switch it off to compare paths).
+USE_KERNELS = True
+_LINEAR_TYPES = (Identity, Translation, Scale, Affine)
+#: dtypes the kernels interpolate (not float16, bool, complex: those go through scipy).
+_KERNEL_DTYPES = frozenset("bBhHiIlLqQfd")
+
+
+def _kernels() -> Any:
+    """The :mod:`ngffreg.kernels` module, or None when numba is missing."""
+    try:
+        from . import kernels
+    except ImportError:  # pragma: no cover - numba is a dependency
+        return None
+    return kernels
+
+
+def _flatten(transform: Transform) -> list[Transform] | None:
+    """The steps of a chain of linear maps and displacement fields, or None for any other
+    transform (exact types only: a subclass may change what a step does)."""
+    if type(transform) is Sequence:
+        steps: list[Transform] = []
+        for t in transform.transforms:
+            inner = _flatten(t)
+            if inner is None:
+                return None
+            steps.extend(inner)
+        return steps
+    if type(transform) is Bijection:
+        return _flatten(transform.forward)
+    if type(transform) in _LINEAR_TYPES or type(transform) is DisplacementField:
+        return [transform]
+    return None
+
+
+def _index_params(grid: Grid) -> tuple[bool, np.ndarray, np.ndarray, np.ndarray]:
+    """What the kernels need for a grid's continuous index: aligned?, Dᵀ, frame origin,
+    and the spacing (7 values: spacing, 1 if every spacing is a power of two, the
+    reciprocals; dividing by a power of two is multiplying by its exact reciprocal, so
+    the kernel does that, bitwise the same). The reference skips the rotation on an
+    axis-aligned grid; so do the kernels."""
+    sp = np.asarray(grid.spacing, dtype=np.float64)
+    pow2 = bool(np.all(np.frexp(sp)[0] == 0.5))
+    return (grid.is_axis_aligned, np.ascontiguousarray(grid.direction.T, dtype=np.float64),
+            np.asarray(grid.frame_origin, dtype=np.float64),
+            np.concatenate([sp, [1.0 if pow2 else 0.0], 1.0 / sp]))
+
+
+class _ChunkWarper:
+    """The compiled path for one warp call: the chain's arrays, built once; :meth:`chunk`
+    computes one output chunk (or returns None for the reference path to take it)."""
+
+    def __init__(self, kernels: Any, steps: list[Transform], grid: Grid, mgrid: Grid,
+                 mdtype: np.dtype, order: int, dtype: np.dtype, fill: np.ndarray,
+                 cache: Any) -> None:
+        self.k, self.order, self.dtype, self.fill, self.cache = kernels, order, dtype, fill, cache
+        self.broken = False  # set when numba cannot compile the kernels for these types
+        self.grid = (np.asarray(grid.frame_origin, dtype=np.float64),
+                     np.asarray(grid.spacing, dtype=np.float64),
+                     np.ascontiguousarray(grid.direction, dtype=np.float64)[None],
+                     np.array([grid.is_axis_aligned]))
+        s = len(steps)
+        self.kinds = np.zeros(s, dtype=np.int64)
+        self.mats = np.zeros((s, 3, 4))
+        self.fids = np.full(s, -1, dtype=np.int64)
+        self.fields: list[DisplacementField] = []
+        for i, t in enumerate(steps):
+            if isinstance(t, DisplacementField):
+                self.kinds[i] = kernels.FIELD
+                self.fids[i] = len(self.fields)
+                self.fields.append(t)
+            else:
+                self.kinds[i] = kernels.LINEAR
+                self.mats[i] = np.asarray(t.matrix, dtype=np.float64)[:3, :4]
+        nf = max(len(self.fields), 1)
+        self.faligned = np.ones(nf, dtype=np.bool_)
+        self.fdt = np.tile(np.eye(3), (nf, 1, 1))
+        self.ffo = np.zeros((nf, 3))
+        self.fsp = np.ones((nf, 7))
+        self.fn = np.ones((nf, 3), dtype=np.int64)
+        self.fpolicy = np.zeros(nf, dtype=np.int64)
+        for f, field in enumerate(self.fields):
+            (self.faligned[f], self.fdt[f], self.ffo[f], self.fsp[f]) = _index_params(
+                field.grid)
+            self.fn[f] = field.grid.shape
+            self.fpolicy[f] = kernels.POLICY_CODES[field.outside]
+        # a field first, on an axis-aligned grid and field: the separable kernels
+        self.separable = bool(s and self.kinds[0] == kernels.FIELD and grid.is_axis_aligned
+                              and self.faligned[0])
+        aligned, dt, fo, sp = _index_params(mgrid)
+        self.n = np.asarray(mgrid.shape, dtype=np.int64)
+        self.moving = (np.array([aligned]), dt[None], fo[None], sp[None], self.n[None])
+        # how the kernels interpolate (None: scipy, on indices they computed)
+        self.mode = None
+        self.limits = (0.0, 0.0)
+        if all(d.char in _KERNEL_DTYPES and d.isnative for d in (mdtype, dtype)):
+            if order == 0:
+                self.mode = kernels.NEAREST
+            elif order == 1 and dtype.kind == "f":
+                self.mode = kernels.LINEAR_FLOAT
+            elif order == 1:
+                info = np.iinfo(dtype)
+                self.mode, self.limits = kernels.LINEAR_INT, (float(info.min), float(info.max))
+        # placeholders for the arguments a kernel call does not use
+        self._no_indices = (np.zeros((1, 3)), np.zeros(1, dtype=np.bool_))
+        self._no_output = (np.zeros((1, 1, 1), dtype=np.uint8), np.zeros(3, dtype=np.int64),
+                           np.zeros(1, dtype=np.uint8), np.uint8(0))
+
+    def _fields(self, start: np.ndarray, shape: np.ndarray) -> tuple[Any, ...] | None:
+        """Each field's region the chunk's points read, in chain order (each field's
+        bounds come from the points pushed through the steps before it), as the kernels
+        take them, and how many points read the first step's field; None when a region
+        is too large to hold."""
+        nf = max(len(self.fields), 1)
+        flo = np.zeros((nf, 3), dtype=np.int64)
+        fshape = np.ones((nf, 3), dtype=np.int64)
+        foff = np.zeros(nf, dtype=np.int64)
+        parts: list[np.ndarray] = []
+        fdata = np.zeros(3)
+        used = first_count = 0
+        for s in range(len(self.kinds)):
+            if self.kinds[s] != self.k.FIELD:
+                continue
+            f = int(self.fids[s])
+            if s == 0 and self.separable:
+                *ends, count = self.k.field_bounds_first(
+                    start, shape, *self.grid[:2], self.ffo, self.fsp, self.fn, self.fpolicy)
+            else:
+                *ends, count = self.k.field_bounds(
+                    start, shape, s, *self.grid, self.kinds, self.mats, self.fids,
+                    self.faligned, self.fdt, self.ffo, self.fsp, self.fn, flo, fshape, foff,
+                    self.fpolicy, fdata)
+            if s == 0:
+                first_count = count
+            lo_c, hi_c = np.array(ends[:3]), np.array(ends[3:])
+            foff[f] = used
+            if count == 0:  # no point reads this field
+                region = np.zeros((3, 1, 1, 1))
+            else:
+                n = self.fn[f]
+                lo = np.clip(np.floor(lo_c), 0, n - 1).astype(np.int64)
+                hi = np.clip(np.clip(np.floor(hi_c), 0, n - 1).astype(np.int64) + 2, 1, n)
+                if 8 * 3 * math.prod(int(v) for v in hi - lo) > REGION_BYTES:
+                    return None
+                box = (slice(None), *(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True)))
+                region = read_region(self.fields[f].field.data, box, cache=self.cache)
+                region = np.ascontiguousarray(region, dtype=np.float64)
+                flo[f] = lo
+            fshape[f] = region.shape[1:]
+            parts.append(region.reshape(-1))
+            used += region.size
+            fdata = np.concatenate(parts)
+        return flo, fshape, foff, fdata, first_count
+
+    def _box(self, ends: list[float]) -> tuple[np.ndarray, np.ndarray, bool]:
+        """The moving region ``[lo, hi)`` that interpolating at indices within ``ends``
+        (min z, y, x, max z, y, x) reads (as :func:`ngffreg.sampling.region_bounds`), and
+        whether it is small enough to hold."""
+        n = self.n
+        lo_off, hi_off = footprint(self.order)
+        lo = np.clip(np.clip(np.floor(ends[:3]), 0, n - 1).astype(np.int64) + lo_off, 0, n - 1)
+        hi = np.clip(np.clip(np.floor(ends[3:]), 0, n - 1).astype(np.int64) + hi_off, 1, n)
+        return lo, hi, 8 * math.prod(int(v) for v in hi - lo) <= REGION_BYTES
+
+    def _read(self, source: Any, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+        return np.ascontiguousarray(read_region(source, box, cache=self.cache))
+
+    def chunk(self, loc: Any, source: Any, source4: Any) -> np.ndarray | None:
+        k = self.k
+        start = np.array([a for a, _ in loc], dtype=np.int64)
+        shape = np.array([b - a for a, b in loc], dtype=np.int64)
+        held = self._fields(start, shape)
+        if held is None:
+            return None
+        flo, fshape, foff, fdata, first_count = held
+        m = int(np.prod(shape))
+        nsteps = len(self.kinds)
+        chain = (self.kinds, self.mats, self.fids, self.faligned, self.fdt, self.ffo, self.fsp,
+                 self.fn, flo, fshape, foff, self.fpolicy, fdata)
+        dtype, fill, mode = self.dtype, self.fill, self.mode
+        if self.separable and first_count:  # (no point reads the field: the general kernel)
+            nx = int(shape[2])
+            scratch = (np.empty((3, int(fshape[0, 2]))), np.empty(nx, dtype=np.int64),
+                       np.empty(nx, dtype=np.int64), np.empty(nx), np.empty(nx, dtype=np.bool_))
+
+            def run(*sink: Any) -> Any:
+                return k.moving_indices_first(start, shape, nsteps, *self.grid[:2], *chain,
+                                              *self.moving, *sink, *scratch)
+        else:
+            def run(*sink: Any) -> Any:
+                return k.moving_indices(start, shape, nsteps, *self.grid, *chain, *self.moving,
+                                        *sink)
+        out = np.empty(m, dtype=dtype)
+        if mode is not None:
+            # One pass: the region from the indices of the chunk's faces (enough for a map
+            # without folds); the kernel checks every point and gives up if one is not.
+            *ends, finite = k.face_bounds(start, shape, nsteps, *self.grid, *chain,
+                                          *self.moving[:4])
+            if finite:
+                lo, hi, small = self._box(ends)
+                if small:
+                    region = self._read(source, lo, hi)
+                    *_, failed = run(*self._no_indices, region, lo, out, fill[()], mode,
+                                     *self.limits)
+                    if not failed:
+                        return out
+        # Two passes: the indices, then exactly the region the inside points read.
+        cidx = np.empty((m, 3))
+        inside = np.empty(m, dtype=np.bool_)
+        *ends, count, _ = run(cidx, inside, *self._no_output, k.STORE, 0.0, 0.0)
+        if count == 0:
+            out[:] = fill
+            return out
+        lo, hi, small = self._box(ends)
+        if mode is not None and small:
+            region = self._read(source, lo, hi)
+            k.interpolate(cidx, inside, self.moving[-1], region, lo, out, fill[()], mode,
+                          *self.limits)
+            return out
+        # B-spline (or a region too large to hold): scipy on the computed indices
+        everywhere = count == m
+        values = sample(source4, cidx if everywhere else cidx[inside], order=self.order,
+                        cache=self.cache)[:, 0]
+        if self.order and np.issubdtype(dtype, np.integer):
+            info = np.iinfo(dtype)
+            values = np.clip(np.rint(values), info.min, info.max)
+        if everywhere:
+            out[:] = values
+        else:
+            out[:] = fill
+            out[inside] = values
+        return out
 
 
 def _output_chunks(like: Any, grid: Grid, chunks: Any) -> tuple[tuple[int, ...], ...]:
@@ -107,24 +365,39 @@ def warp(
     if units(moving) != grid.unit:
         moving = to_units(moving, grid.unit)
     mgrid = Grid.of(moving)
-    source = moving.data if isinstance(moving.data, da.Array) else np.asarray(moving.data)
-    source = source[None]  # (1, z, y, x): the sampler's channel axis
+    moving_data = (moving.data if isinstance(moving.data, da.Array)
+                   else np.asarray(moving.data))
+    source = moving_data[None]  # (1, z, y, x): the sampler's channel axis
     if dtype is None:
         dtype = moving.dtype if order == 0 else (
             np.float64 if moving.dtype == np.float64 else np.float32)
     dtype = np.dtype(dtype)
     fill = np.asarray(fill_value).astype(dtype)
+    cache = f"warp-{uuid.uuid4().hex}"  # this call's entries in the chunk cache
+    steps = _flatten(transform) if USE_KERNELS else None
+    kernels = _kernels() if steps is not None else None
+    warper = (None if kernels is None else
+              _ChunkWarper(kernels, steps, grid, mgrid, np.dtype(moving.dtype), order, dtype,
+                            fill, cache))
 
     def block(block_info=None) -> np.ndarray:
         loc = block_info[None]["array-location"]
-        region = tuple(slice(a, b) for a, b in loc)
         out_shape = tuple(b - a for a, b in loc)
+        if warper is not None and not warper.broken:
+            try:
+                out = warper.chunk(loc, moving_data, source)
+            except kernels.NumbaError:  # types the kernels do not compile: reference path
+                warper.broken, out = True, None
+            if out is not None:
+                return out.reshape(out_shape)
+        region = tuple(slice(a, b) for a, b in loc)
         cidx = mgrid.continuous_index(transform.apply_grid(grid, region))
         inside = mgrid.inside(cidx)
         everywhere = bool(inside.all())
         out = np.full(len(cidx), fill, dtype=dtype)
         if everywhere or inside.any():
-            values = sample(source, cidx if everywhere else cidx[inside], order=order)[:, 0]
+            values = sample(source, cidx if everywhere else cidx[inside], order=order,
+                            cache=cache)[:, 0]
             if order and np.issubdtype(dtype, np.integer):
                 info = np.iinfo(dtype)
                 values = np.clip(np.rint(values), info.min, info.max)
