@@ -123,7 +123,8 @@ def _records_from(plan, work, field_of, statuses=None):
         pts = index_points(plan.grid, np.argwhere(np.ones(b.shape, bool)) +
                            [r[0] for r in b.region])
         field = np.moveaxis(field_of(pts).reshape(*b.shape, 3), -1, 0)
-        core = tuple(slice(c0 - r0, c1 - r0) for (c0, c1), (r0, _) in zip(b.core, b.region))
+        core = tuple(slice(c0 - r0, c1 - r0)
+                     for (c0, c1), (r0, _) in zip(b.core, b.region, strict=True))
         rec = {"id": b.id, "status": status,
                "core_mean": field[(slice(None), *core)].reshape(3, -1).mean(1).tolist()}
         if status != "ok":

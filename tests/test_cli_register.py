@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 from ngffreg.cli import main
@@ -45,17 +44,3 @@ def test_register_refuses_bad_options(data_dir, tmp_path, cli_fails):
     cli_fails([*base, "--config", str(bad)], "unknown key", "chunk_size")
     cli_fails([*base, "--config", str(tmp_path / "missing.yaml")], "no such file")
     assert not (tmp_path / "out.ome.zarr").exists()
-
-
-@pytest.mark.slow
-def test_demo_registers_the_builtin_pair_and_reports_tre(tmp_path):
-    from ngffreg.demo import run_demo
-
-    lines: list[str] = []
-    report = run_demo(tmp_path / "demo", workers=2, echo=lines.append)
-    assert report["tre"]["median"] < report["tre_coarse"]["median"] <= report["tre_before"][
-        "median"]
-    assert report["tre"]["median_vox"] < 0.5
-    assert (tmp_path / "demo" / "registered.ome.zarr" / "qc" / "blocks.csv").is_file()
-    assert any("TRE after blocks" in line for line in lines)
-    assert np.isfinite(report["tre"]["p95"])

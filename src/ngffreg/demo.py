@@ -90,7 +90,7 @@ def run_demo(output: str | Path = "demo-output", *, workers: int = 2,
          f"{output}/moving.ome.zarr")
     store = output / "registered.ome.zarr"
     result = register(output / "fixed.ome.zarr", output / "moving.ome.zarr", store,
-                      downsample_factor=2, chunk_size=48, overlap_fraction=0.25,
+                      downsample_factor=4, chunk_size=48, overlap_fraction=0.25,
                       linear_type="Rigid", nonlinear_type_coarse="SyN",
                       linear_accuracy="low", coarse_accuracy="low", fine_accuracy="low",
                       workers=workers, overwrite=True)

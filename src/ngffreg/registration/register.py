@@ -38,8 +38,8 @@ from ..transforms.model import DisplacementField, Sequence, Transform
 from ..warp import choose_moving_level, interpolation_order
 from . import ants_backend
 from .blockwise import block_table, run_blocks
-from .coarse import CoarseResult, coarse_register, image_levels, matching_level, pick_level
-from .methods import AntsSyN, BlockMethod, block_method
+from .coarse import CoarseResult, coarse_register, image_levels, pick_level
+from .methods import AntsSyN, block_method
 from .reduce import blend
 
 #: Fine fields with more voxels than this are not exported as NIfTI for ANTs (ITK would
@@ -257,6 +257,7 @@ def register(
         transform = Sequence(transforms=(fine, *steps))
 
     result = RegistrationResult(transform, coarse, plan, records, None, timings, fine)
+    result._coarse_images = (fixed_levels[coarse.fixed_level], moving_levels[coarse.moving_level])
     if output is None:
         result.timings["total_s"] = time.perf_counter() - t_start
         result._tmp = tmp_holder  # keeps the block fields alive with the result
@@ -327,12 +328,31 @@ def _write_extras(output: Path, work: Path, result: RegistrationResult,
                "blocks": statuses, "timings": result.timings,
                "flagged": [r["id"] for r in result.blocks
                            if r["status"] in ("failed", "rejected")]}
+    summary["figures"] = _figures(qc, result)
     (qc / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
     fine = result.fine
     if export_ants is None:
         export_ants = fine is None or int(np.prod(fine.grid.shape)) <= ANTS_EXPORT_MAX_VOXELS
     if export_ants:
         export_ants_transforms(result, output / "transforms")
+
+
+def _figures(qc: Path, result: RegistrationResult) -> list[str]:
+    """``overlay.png``: fixed over moving, before and after, on the coarse level's grid."""
+    from ..qc import overlay_figure
+    from ..transforms.model import Identity
+    from ..warp import warp
+
+    coarse = getattr(result, "_coarse_images", None)
+    if coarse is None:
+        return []
+    fixed, moving = coarse
+    before = warp(moving, Identity(), like=fixed).values
+    after = warp(moving, result.transform, like=fixed).values
+    overlay_figure(fixed.values, before, after, qc / "overlay.png",
+                   spacing=spacing(fixed), title="fixed (magenta) over moving (green), "
+                   f"coarse level {result.coarse.fixed_level}")
+    return ["overlay.png"]
 
 
 def export_ants_transforms(result: RegistrationResult, folder: Path) -> list[str]:
@@ -363,4 +383,4 @@ def export_ants_transforms(result: RegistrationResult, folder: Path) -> list[str
     return [str(folder / n) for n in out]
 
 
-__all__ = ["RegistrationResult", "export_ants_transforms", "matching_level", "register"]
+__all__ = ["RegistrationResult", "export_ants_transforms", "register"]
