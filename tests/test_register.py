@@ -181,3 +181,26 @@ def test_ch2_onto_mni_with_64_mm_blocks_reaches_the_whole_volume_syn_correlation
     assert final > coarse + 0.02
     used = [r for r in result.blocks if r["status"] == "ok"]
     assert len(used) >= 20 and all(r["jacobian_min"] > 0 for r in used)
+
+
+@pytest.mark.slow
+def test_chunked_registration_class_step_by_step(data_dir, tmp_path):
+    """The seed's class: coarse, blocks, blend + warp, with a user's block method."""
+    import ngffreg
+    from ngffreg import ChunkedRegistration
+
+    d = data_dir / "greedy"
+    reg = ChunkedRegistration(d / "phantom01_fixed.nii.gz", d / "phantom01_moving.nii.gz",
+                              tmp_path, downsample_factor=2, chunk_size=16,
+                              overlap_fraction=0.25, fine_level=2,
+                              method=_identity_method(set()))
+    coarse = reg.perform_coarse_registration("Rigid", None, "low")
+    assert coarse.fixed_level == 1
+    blocks = reg.register_all_chunks()
+    assert len(blocks) == 8 and all(b["status"] in ("ok", "skipped") for b in blocks)
+    transform = reg.apply_transforms_and_blend(overwrite=True)
+    out = tmp_path / "registered.ome.zarr"
+    assert ngffreg.open_image(out).shape == (128, 128, 128)
+    pts = _mask_points(data_dir)
+    err = np.linalg.norm(transform.apply(pts) - _truth(data_dir).apply(pts), axis=1)
+    assert err.max() < 0.5
