@@ -192,7 +192,7 @@ def test_chunked_registration_class_step_by_step(data_dir, tmp_path):
     d = data_dir / "greedy"
     reg = ChunkedRegistration(d / "phantom01_fixed.nii.gz", d / "phantom01_moving.nii.gz",
                               tmp_path, downsample_factor=2, chunk_size=16,
-                              overlap_fraction=0.25, fine_level=2,
+                              overlap_fraction=0.25, prefer_dask=False, fine_level=2,
                               method=_identity_method(set()))
     coarse = reg.perform_coarse_registration("Rigid", None, "low")
     assert coarse.fixed_level == 1
@@ -204,3 +204,12 @@ def test_chunked_registration_class_step_by_step(data_dir, tmp_path):
     pts = _mask_points(data_dir)
     err = np.linalg.norm(transform.apply(pts) - _truth(data_dir).apply(pts), axis=1)
     assert err.max() < 0.5
+
+
+def test_a_local_block_method_with_workers_gets_a_clear_error(data_dir):
+    d = data_dir / "greedy"
+    with pytest.raises(InputError, match="module level"):
+        register(d / "phantom01_fixed.nii.gz", d / "phantom01_moving.nii.gz",
+                 linear_type="Translation", nonlinear_type_coarse=None, linear_accuracy="low",
+                 downsample_factor=4, fine_level=2, chunk_size=16, workers=2,
+                 method=_identity_method(set()))

@@ -170,6 +170,20 @@ def register_block(
     return record
 
 
+def check_picklable(method: BlockMethod) -> None:
+    """Refuse, with advice, a block method that cannot reach worker processes."""
+    import pickle
+
+    try:
+        pickle.dumps(method)
+    except Exception as exc:
+        from ..errors import InputError
+
+        raise InputError(
+            f"The block method cannot be sent to worker processes ({exc}). Define it at "
+            "module level (not a lambda or a local function), or run with workers=1.") from None
+
+
 def run_blocks(
     plan: BlockPlan,
     fixed: xr.DataArray,
@@ -194,6 +208,8 @@ def run_blocks(
     todo = [b for b in plan.blocks if done[b.id] is None]
     records = {i: r for i, r in done.items() if r is not None}
     args = (plan, fixed, moving, initial, method, work)
+    if (client is not None or workers > 1) and todo:
+        check_picklable(method)
     if client is not None:
         futures = [client.submit(register_block, b, *args, key=f"ngffreg-block-{b.id}",
                                  pure=False) for b in todo]

@@ -37,7 +37,7 @@ from ..image import Grid, spacing, to_units, units
 from ..transforms.model import DisplacementField, Sequence, Transform
 from ..warp import choose_moving_level, interpolation_order
 from . import ants_backend
-from .blockwise import block_table, run_blocks
+from .blockwise import block_table, check_picklable, run_blocks
 from .coarse import CoarseResult, coarse_register, image_levels, pick_level
 from .methods import AntsSyN, block_method
 from .reduce import blend
@@ -194,6 +194,8 @@ def register(
         method = AntsSyN(accuracy=fine_accuracy, nonlinear_type=nonlinear_type_fine)
     elif method is not None:
         method = block_method(method)
+    if method is not None and (client is not None or workers > 1):
+        check_picklable(method)
     fi = _fine_level(fixed_levels, fine_level, fine_spacing)
     fine_fixed = fixed_levels[fi]
     if not 0 <= overlap_fraction < 1:
