@@ -174,3 +174,45 @@ def test_blend_seams_are_smooth_and_failed_blocks_filled(tmp_path):
     jump = max(np.abs(a - b).max() for a in values for b in values)
     grad = max(np.abs(np.diff(field, axis=k)).max() for k in (1, 2, 3))
     assert grad <= jump * np.pi / (4 * width) * 1.8
+
+
+def test_field_report_finds_folds_and_measures_seams():
+    from ngffreg.qc import field_report
+    from ngffreg.transforms.model import DisplacementField
+
+    grid = _grid((24, 24, 24), (1.0, 1.0, 1.0), (0, 0, 0))
+    z = np.arange(24.0)[:, None, None] * np.ones((1, 24, 24))
+    smooth = np.stack([0.1 * np.sin(z / 4), np.zeros_like(z), np.zeros_like(z)])
+    report = field_report(DisplacementField.from_array(smooth, spacing=grid.spacing),
+                          edges=[np.array([0, 12, 24])] * 3)
+    assert report["folded_voxels"] == 0 and report["jacobian_min"] > 0.9
+    assert 0.5 < report["seam_ratio"] < 1.5
+    folded = smooth.copy()
+    folded[0, 10:14] = -2.0 * z[10:14]  # u_z = -2 z: det = 1 - 2 < 0
+    report = field_report(DisplacementField.from_array(folded, spacing=grid.spacing))
+    assert report["folded_voxels"] > 0
+    lo, hi = report["folded_box"]
+    assert 9 <= lo[0] and hi[0] <= 14
+    # a jump at a block face shows as a seam ratio far above 1
+    jump = smooth.copy()
+    jump[1, :, :, 12:] += 1.0
+    report = field_report(DisplacementField.from_array(jump, spacing=grid.spacing),
+                          edges=[np.array([0, 12, 24])] * 3)
+    assert report["seam_ratio"] > 3
+
+
+def test_field_report_is_the_same_whatever_the_chunks():
+    import dask.array as da
+
+    from ngffreg.qc import field_report
+    from ngffreg.transforms.model import DisplacementField
+
+    rng = np.random.default_rng(1)
+    u = rng.normal(0, 0.3, (3, 20, 22, 18))
+    edges = [np.array([0, 10, 20]), np.array([0, 11, 22]), np.array([0, 9, 18])]
+    whole = field_report(DisplacementField.from_array(u, spacing=(2, 1, 1)), edges)
+    parts = field_report(DisplacementField.from_array(da.from_array(u, chunks=(3, 7, 5, 6)),
+                                                      spacing=(2, 1, 1)), edges)
+    for key in ("jacobian_min", "jacobian_max", "folded_voxels", "seam_ratio"):
+        assert parts[key] == pytest.approx(whole[key]), key
+    assert parts.get("folded_box") == whole.get("folded_box")

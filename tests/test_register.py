@@ -181,6 +181,11 @@ def test_ch2_onto_mni_with_64_mm_blocks_reaches_the_whole_volume_syn_correlation
     assert final > coarse + 0.02
     used = [r for r in result.blocks if r["status"] == "ok"]
     assert len(used) >= 20 and all(r["jacobian_min"] > 0 for r in used)
+    # seams: the displacement gradient at block faces is at most twice its largest
+    # elsewhere; the blended field does not fold
+    report = result.fine_report
+    assert report["seam_ratio"] <= 2.0, report
+    assert report["folded_voxels"] == 0 and report["jacobian_min"] > 0, report
 
 
 @pytest.mark.slow

@@ -34,6 +34,7 @@ import xarray as xr
 from ..blocks import BlockPlan, block_shape, plan_blocks
 from ..errors import InputError, OutputError
 from ..image import Grid, spacing, to_units, units
+from ..qc import field_report
 from ..transforms.model import DisplacementField, Sequence, Transform
 from ..warp import choose_moving_level, interpolation_order
 from . import ants_backend
@@ -58,6 +59,7 @@ class RegistrationResult:
     output: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)
     fine: DisplacementField | None = None
+    fine_report: dict[str, Any] = field(default_factory=dict)
 
     @property
     def table(self) -> list[dict[str, Any]]:
@@ -240,6 +242,7 @@ def register(
     plan = None
     records: list[dict[str, Any]] = []
     fine = None
+    fine_report: dict[str, Any] = {}
     transform: Transform = coarse.transform
     if method is not None:
         t0 = time.perf_counter()
@@ -254,11 +257,13 @@ def register(
         t0 = time.perf_counter()
         fine = _store_field(blend(plan, records, work, blend_sigma=blend_sigma), work)
         timings["blend_s"] = time.perf_counter() - t0
+        fine_report = field_report(fine, plan.edges)
         steps = coarse.transform.transforms if isinstance(coarse.transform, Sequence) else (
             coarse.transform,)
         transform = Sequence(transforms=(fine, *steps))
 
-    result = RegistrationResult(transform, coarse, plan, records, None, timings, fine)
+    result = RegistrationResult(transform, coarse, plan, records, None, timings, fine,
+                                fine_report)
     result._coarse_images = (fixed_levels[coarse.fixed_level], moving_levels[coarse.moving_level])
     if output is None:
         result.timings["total_s"] = time.perf_counter() - t_start
@@ -327,7 +332,7 @@ def _write_extras(output: Path, work: Path, result: RegistrationResult,
     for r in result.blocks:
         statuses[r["status"]] = statuses.get(r["status"], 0) + 1
     summary = {"coarse": result.coarse.metrics, "coarse_level": result.coarse.fixed_level,
-               "blocks": statuses, "timings": result.timings,
+               "blocks": statuses, "timings": result.timings, "fine_field": result.fine_report,
                "flagged": [r["id"] for r in result.blocks
                            if r["status"] in ("failed", "rejected")]}
     summary["figures"] = _figures(qc, result)
