@@ -39,6 +39,8 @@ def test_register_refuses_bad_options(data_dir, tmp_path, cli_fails):
     cli_fails([*base, "--linear-type", "Rigidd"], "Rigid, Similarity")
     cli_fails([*base, "--chunk-size", "huge"], "chunk_size")
     cli_fails([*base, "--overlap-fraction", "lots"], "overlap_fraction")
+    cli_fails([*base, "--block-levels", "1-64"], "LEVEL:SIZE")
+    cli_fails([*base, "--block-levels", "0:32,1:64"], "coarse to fine")
     bad = tmp_path / "bad.yaml"
     bad.write_text("chunk_sise: 64\n")
     cli_fails([*base, "--config", str(bad)], "unknown key", "chunk_size")

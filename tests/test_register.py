@@ -218,3 +218,36 @@ def test_a_local_block_method_with_workers_gets_a_clear_error(data_dir):
                  linear_type="Translation", nonlinear_type_coarse=None, linear_accuracy="low",
                  downsample_factor=4, fine_level=2, chunk_size=16, workers=2,
                  method=_identity_method(set()))
+
+
+@pytest.mark.slow
+def test_multi_resolution_blocks_write_every_pass(data_dir, tmp_path):
+    """Blocks on the 4 mm level, then smaller blocks on the 2 mm level, each pass through
+    everything before it; both passes' fields are in the transform and the ANTs export."""
+    import ants
+    import pandas as pd
+
+    d = data_dir / "greedy"
+    out = tmp_path / "out.ome.zarr"
+    result = register(d / "phantom01_fixed.nii.gz", d / "phantom01_moving.nii.gz", out,
+                      linear_type="Rigid", nonlinear_type_coarse=None, linear_accuracy="low",
+                      downsample_factor=4, block_levels=[(2, 16), (1, 16)],
+                      method="ants-affine", min_foreground=0.0)
+    passes = {r["pass"] for r in result.blocks}
+    assert passes == {0, 1}
+    assert sum(r["pass"] == 0 for r in result.blocks) == 8
+    assert sum(r["pass"] == 1 for r in result.blocks) == 64
+    steps = result.transform.transforms
+    assert len(steps) == 3 and steps[0].grid.shape == (64, 64, 64)
+    assert steps[1].grid.shape == (32, 32, 32)
+    assert (out / "blocks" / "pass0" / "plan.json").is_file()
+    pts = _mask_points(data_dir)
+    err = np.linalg.norm(result.transform.apply(pts) - _truth(data_dir).apply(pts), axis=1)
+    assert np.median(err) < 0.5
+    listing = json.loads((out / "transforms" / "ants_transformlist.json").read_text())
+    assert listing == ["fine_warp.nii.gz", "global_linear_transform.mat"]
+    files = [str(out / "transforms" / n) for n in listing]
+    sample = pts[::400]
+    xyz = pd.DataFrame(sample[:, ::-1], columns=["x", "y", "z"])
+    theirs = ants.apply_transforms_to_points(3, xyz, files)[["x", "y", "z"]].to_numpy()[:, ::-1]
+    assert np.abs(theirs - result.transform.apply(sample)).max() < 0.05

@@ -147,6 +147,7 @@ REGISTER_OPTIONS: dict[str, tuple[type, str]] = {
     "fine_level": (int, "fixed level the blocks register at (default 0)"),
     "chunk_size": (str, "block core size: voxels (64 or 64,96,96) or a length (2mm)"),
     "overlap_fraction": (float, "overlap per side as a fraction of the block (default 0.25)"),
+    "block_levels": (str, "multi-resolution blocks, coarse to fine: LEVEL:SIZE,… e.g. 1:64,0:32"),
     "linear_type": (str, "Translation, Rigid, Similarity, Affine or none (default Affine)"),
     "nonlinear_type_coarse": (str, "SyN, SyNOnly, Elastic or none (default SyN)"),
     "nonlinear_type_fine": (str, "SyNOnly, SyN, Elastic or none (default SyNOnly)"),
@@ -288,6 +289,17 @@ def _config_value(key: str, value, where: str):
     kind = REGISTER_OPTIONS[key][0]
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
         return None
+    if key == "block_levels":
+        items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+        out = []
+        for item in items:
+            parts = item if isinstance(item, (list, tuple)) else str(item).split(":")
+            if len(parts) != 2 or not str(parts[0]).strip().isdigit():
+                raise InputError(f"{where}: block_levels takes LEVEL:SIZE pairs such as "
+                                 f"1:64,0:32; got {value!r}.")
+            size = str(parts[1]).strip()
+            out.append((int(parts[0]), int(size) if size.isdigit() else size))
+        return out
     if key == "chunk_size":
         if isinstance(value, (list, tuple)):
             return [int(v) if str(v).isdigit() else str(v) for v in value]

@@ -35,7 +35,7 @@ from ..blocks import BlockPlan, block_shape, plan_blocks
 from ..errors import InputError, OutputError
 from ..image import Grid, spacing, to_units, units
 from ..qc import field_report
-from ..transforms.model import DisplacementField, Sequence, Transform
+from ..transforms.model import DisplacementField, Sequence, Transform, sample_field
 from ..warp import choose_moving_level, interpolation_order
 from . import ants_backend
 from .blockwise import block_table, check_picklable, run_blocks
@@ -60,6 +60,7 @@ class RegistrationResult:
     timings: dict[str, float] = field(default_factory=dict)
     fine: DisplacementField | None = None
     fine_report: dict[str, Any] = field(default_factory=dict)
+    n_fine: int = 1
 
     @property
     def table(self) -> list[dict[str, Any]]:
@@ -90,6 +91,28 @@ def _prepare_work(output: Path, params: dict[str, Any], overwrite: bool) -> Path
     return work
 
 
+def _passes(fixed_levels: list[xr.DataArray], fine: int, chunk_size: Any,
+            block_levels: Any) -> list[tuple[int, Any]]:
+    """The block passes, coarse to fine: ``[(level, chunk_size), …]``; one pass on the fine
+    level unless ``block_levels`` lists more (``[(2, 64), (1, 64), (0, 48)]``)."""
+    if not block_levels:
+        return [(fine, chunk_size)]
+    out = []
+    for item in block_levels:
+        try:
+            level, size = item
+        except (TypeError, ValueError):
+            raise InputError(f"block_levels takes (level, chunk_size) pairs; got {item!r}."
+                             ) from None
+        if not 0 <= int(level) < len(fixed_levels):
+            raise InputError(f"block_levels names level {level}; the fixed image has "
+                             f"{len(fixed_levels)} levels.")
+        out.append((int(level), size))
+    if [lv for lv, _ in out] != sorted((lv for lv, _ in out), reverse=True):
+        raise InputError("block_levels must go from coarse to fine (decreasing levels).")
+    return out
+
+
 def _fine_level(fixed_levels: list[xr.DataArray], fine_level: int | None,
                 fine_spacing: Any) -> int:
     if fine_spacing is not None:
@@ -110,6 +133,7 @@ def register(
     fine_spacing: Any = None,
     chunk_size: Any = 128,
     overlap_fraction: float = 0.25,
+    block_levels: Any = None,
     linear_type: str | None = "Affine",
     nonlinear_type_coarse: str | None = "SyN",
     nonlinear_type_fine: str | None = "SyNOnly",
@@ -149,6 +173,10 @@ def register(
     chunk_size, overlap_fraction
         Block core size (voxels: int or z, y, x; or lengths such as ``"2 mm"``) and the
         overlap added per side as a fraction of it.
+    block_levels
+        Multi-resolution blocks: ``[(level, chunk_size), …]`` from coarse to fine, e.g.
+        ``[(1, 64), (0, 32)]``; each pass registers its blocks through everything found so
+        far and adds its blended field in front. Default: one pass on ``fine_level``.
     linear_type, nonlinear_type_coarse, nonlinear_type_fine
         ``Translation``/``Rigid``/``Similarity``/``Affine``; ``SyNOnly``/``SyN``/``Elastic``
         or ``None`` to skip that step.
@@ -199,12 +227,11 @@ def register(
     if method is not None and (client is not None or workers > 1):
         check_picklable(method)
     fi = _fine_level(fixed_levels, fine_level, fine_spacing)
-    fine_fixed = fixed_levels[fi]
     if not 0 <= overlap_fraction < 1:
         raise InputError(f"overlap_fraction must be in [0, 1); got {overlap_fraction}.")
-    block_shape(chunk_size, Grid.of(fine_fixed))  # a bad chunk_size fails before any work
-    fine_moving = moving_levels[choose_moving_level(moving_levels, spacing(fine_fixed),
-                                                    fixed_unit)[0]]
+    passes = _passes(fixed_levels, fi, chunk_size, block_levels)
+    for level, size in passes:  # a bad chunk size fails before any work
+        block_shape(size, Grid.of(fixed_levels[level]))
     params = {
         "fixed": str(fixed) if isinstance(fixed, (str, Path)) else "in-memory",
         "moving": str(moving) if isinstance(moving, (str, Path)) else "in-memory",
@@ -212,6 +239,7 @@ def register(
         "downsample_factor": downsample_factor, "coarse_level": coarse_level,
         "coarse_spacing": coarse_spacing, "coarse_memory_budget": coarse_memory_budget,
         "fine_level": fi, "chunk_size": chunk_size, "overlap_fraction": overlap_fraction,
+        "block_levels": [list(p) for p in passes],
         "linear_type": linear_type, "nonlinear_type_coarse": nonlinear_type_coarse,
         "nonlinear_type_fine": nonlinear_type_fine, "linear_accuracy": linear_accuracy,
         "coarse_accuracy": coarse_accuracy, "fine_accuracy": fine_accuracy,
@@ -238,32 +266,48 @@ def register(
         fixed_mask=fixed_mask, moving_mask=moving_mask)
     timings["coarse_s"] = time.perf_counter() - t0
 
-    # 2. blocks ---------------------------------------------------------------------
+    # 2-3. blocks and blend, pass by pass (coarse level to fine) --------------------------
     plan = None
     records: list[dict[str, Any]] = []
     fine = None
     fine_report: dict[str, Any] = {}
     transform: Transform = coarse.transform
+    steps = list(coarse.transform.transforms if isinstance(coarse.transform, Sequence)
+                 else (coarse.transform,))
+    fine_fields: list[DisplacementField] = []
     if method is not None:
-        t0 = time.perf_counter()
         fg_level = fixed_levels[min(coarse.fixed_level, len(fixed_levels) - 1)]
-        plan = plan_blocks(Grid.of(fine_fixed), chunk_size, overlap_fraction, level=fi,
-                           foreground=fg_level, min_foreground=min_foreground)
-        (work / "plan.json").write_text(json.dumps(plan.to_dict()))
-        records = run_blocks(plan, fine_fixed, fine_moving, coarse.transform, method, work,
-                             workers=workers, client=client, progress=progress)
-        timings["blocks_s"] = time.perf_counter() - t0
-        # 3. blend ----------------------------------------------------------------
-        t0 = time.perf_counter()
-        fine = _store_field(blend(plan, records, work, blend_sigma=blend_sigma), work)
-        timings["blend_s"] = time.perf_counter() - t0
-        fine_report = field_report(fine, plan.edges)
-        steps = coarse.transform.transforms if isinstance(coarse.transform, Sequence) else (
-            coarse.transform,)
-        transform = Sequence(transforms=(fine, *steps))
+        for k, (level, size) in enumerate(passes):
+            t0 = time.perf_counter()
+            pass_work = work if len(passes) == 1 else work / f"pass{k}"
+            pass_work.mkdir(parents=True, exist_ok=True)
+            f_level = fixed_levels[level]
+            m_level = moving_levels[choose_moving_level(moving_levels, spacing(f_level),
+                                                        fixed_unit)[0]]
+            plan = plan_blocks(Grid.of(f_level), size, overlap_fraction, level=level,
+                               foreground=fg_level, min_foreground=min_foreground)
+            (pass_work / "plan.json").write_text(json.dumps(plan.to_dict()))
+            current = Sequence(transforms=(*fine_fields[::-1], *steps))
+            pass_records = run_blocks(plan, f_level, m_level, current, method, pass_work,
+                                      workers=workers, client=client, progress=progress)
+            for r in pass_records:
+                r["pass"] = k
+            timings[f"blocks_s{'' if len(passes) == 1 else k}"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            field_k = _store_field(blend(plan, pass_records, pass_work,
+                                         blend_sigma=blend_sigma), pass_work,
+                                   name="fine" if len(passes) == 1 else f"fine{k}")
+            timings[f"blend_s{'' if len(passes) == 1 else k}"] = time.perf_counter() - t0
+            fine_report = field_report(field_k, plan.edges)
+            if len(passes) > 1:
+                fine_report["pass"] = k
+            fine_fields.append(field_k)
+            records += pass_records
+        fine = fine_fields[-1]
+        transform = Sequence(transforms=(*fine_fields[::-1], *steps))
 
     result = RegistrationResult(transform, coarse, plan, records, None, timings, fine,
-                                fine_report)
+                                fine_report, max(1, len(fine_fields)))
     result._coarse_images = (fixed_levels[coarse.fixed_level], moving_levels[coarse.moving_level])
     if output is None:
         result.timings["total_s"] = time.perf_counter() - t_start
@@ -285,6 +329,7 @@ def register(
     result.transform = stored
     if fine is not None:
         steps = getattr(stored, "forward", stored)
+        # the finest pass's field comes first in the sequence
         result.fine = steps.transforms[0] if isinstance(steps, Sequence) else None
     timings["total_s"] = time.perf_counter() - t_start
     _write_extras(output, work, result, export_ants)
@@ -292,7 +337,7 @@ def register(
     return result
 
 
-def _store_field(field: DisplacementField, work: Path) -> DisplacementField:
+def _store_field(field: DisplacementField, work: Path, name: str = "fine") -> DisplacementField:
     """Compute the blended field once into ``work/fine`` and return it read lazily."""
     import dask.array as da
     import zarr
@@ -307,7 +352,7 @@ def _store_field(field: DisplacementField, work: Path) -> DisplacementField:
     grid = field.grid
     return DisplacementField.from_array(da.from_zarr(str(path)), spacing=grid.spacing,
                                         origin=grid.origin, direction=grid.direction,
-                                        unit=grid.unit, name="fine")
+                                        unit=grid.unit, name=name)
 
 
 def _write_extras(output: Path, work: Path, result: RegistrationResult,
@@ -315,6 +360,13 @@ def _write_extras(output: Path, work: Path, result: RegistrationResult,
     """Blocks, QC table and summary, and the ANTs export, into the published store."""
     if (work / "blocks").is_dir():
         shutil.move(str(work / "blocks"), str(output / "blocks"))
+    for pass_dir in sorted(work.glob("pass*")):  # multi-resolution blocks
+        (output / "blocks").mkdir(exist_ok=True)
+        if (pass_dir / "blocks").is_dir():
+            shutil.move(str(pass_dir / "blocks"), str(output / "blocks" / pass_dir.name))
+        if (pass_dir / "plan.json").is_file():
+            shutil.move(str(pass_dir / "plan.json"),
+                        str(output / "blocks" / pass_dir.name / "plan.json"))
     if (work / "plan.json").is_file():
         shutil.move(str(work / "plan.json"), str(output / "blocks" / "plan.json")
                     if (output / "blocks").is_dir() else str(output / "plan.json"))
@@ -374,14 +426,17 @@ def export_ants_transforms(result: RegistrationResult, folder: Path) -> list[str
     folder.mkdir(parents=True, exist_ok=True)
     steps = list(result.transform.transforms) if isinstance(result.transform, Sequence) else [
         result.transform]
+    n_fine = result.n_fine if result.fine is not None else 0
     out = []
-    for i, step in enumerate(steps):
+    if n_fine:
+        fine = steps[0] if n_fine == 1 else sample_field(
+            Sequence(transforms=tuple(steps[:n_fine])), like=result.fine)
+        write_displacement_field(fine, folder / "fine_warp.nii.gz")
+        out.append("fine_warp.nii.gz")
+    for step in steps[n_fine:]:
         if step.is_linear:
             path = folder / "global_linear_transform.mat"
             write_itk_transform(step, path)
-        elif result.fine is not None and i == 0:
-            path = folder / "fine_warp.nii.gz"
-            write_displacement_field(step, path)
         else:
             path = folder / "global_nonlinear_warp.nii.gz"
             write_displacement_field(step, path)
