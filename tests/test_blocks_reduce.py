@@ -216,3 +216,15 @@ def test_field_report_is_the_same_whatever_the_chunks():
     for key in ("jacobian_min", "jacobian_max", "folded_voxels", "seam_ratio"):
         assert parts[key] == pytest.approx(whole[key]), key
     assert parts.get("folded_box") == whole.get("folded_box")
+
+
+def test_auto_block_size_follows_the_memory_budget():
+    from ngffreg.blocks import BLOCK_BASE_BYTES, BLOCK_BYTES_PER_VOXEL, auto_block_size
+
+    small, large = auto_block_size("1 GiB"), auto_block_size("4 GiB")
+    assert 8 <= small < large and small % 8 == 0
+    for budget, side in ((2**30, small), (4 * 2**30, large)):
+        grown = (side * 1.5) ** 3
+        assert BLOCK_BASE_BYTES + grown * BLOCK_BYTES_PER_VOXEL <= budget
+    with pytest.raises(InputError, match="at least"):
+        auto_block_size("500 MiB")

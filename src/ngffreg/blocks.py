@@ -72,6 +72,28 @@ def block_shape(chunk_size: Any, grid: Grid) -> tuple[int, int, int]:
     return out[0], out[1], out[2]
 
 
+#: Memory of one block registration, measured with ANTs SyN (``tests``' sizes 48³–160³):
+#: a worker process with ANTs loaded (~600 MB) plus ~280 bytes per voxel of the grown block.
+BLOCK_BASE_BYTES = 600 * 2**20
+BLOCK_BYTES_PER_VOXEL = 280
+
+
+def auto_block_size(memory_budget: Any, overlap_fraction: float = 0.25) -> int:
+    """The largest block core (voxels per axis, a multiple of 8) whose registration fits in
+    ``memory_budget`` (bytes or a string such as ``"1 GiB"``) per worker process."""
+    from dask.utils import parse_bytes
+
+    budget = parse_bytes(memory_budget) if isinstance(memory_budget, str) else memory_budget
+    room = float(budget) - BLOCK_BASE_BYTES
+    if room <= 16**3 * BLOCK_BYTES_PER_VOXEL:
+        raise InputError(
+            f"A block memory budget of {memory_budget} leaves no room for a block: one worker "
+            f"with ANTs loaded needs about {BLOCK_BASE_BYTES / 2**20:.0f} MiB plus "
+            f"{BLOCK_BYTES_PER_VOXEL} bytes per block voxel. Give at least 0.7 GiB per worker.")
+    side = (room / BLOCK_BYTES_PER_VOXEL) ** (1 / 3) / (1 + 2 * overlap_fraction)
+    return max(8, int(side // 8) * 8)
+
+
 def _edges(n: int, size: int) -> np.ndarray:
     """Core boundaries along one axis: about ``n / size`` near-equal cores."""
     count = max(1, round(n / size))

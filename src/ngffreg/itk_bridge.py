@@ -239,3 +239,79 @@ def to_ants(data_zyx: Any, spacing_zyx: Any, origin_zyx: Any, direction_zyx: Any
 def from_ants(image: Any) -> np.ndarray:
     """The z, y, x array of an ANTs image (its grid is the one it was made with)."""
     return np.ascontiguousarray(image.numpy().transpose(2, 1, 0))
+
+
+# ---------------------------------------------------------------------------
+# scalar images and elastix parameter maps
+# ---------------------------------------------------------------------------
+def to_itk(data_zyx: Any, spacing_zyx: Any, origin_zyx: Any, direction_zyx: Any,
+           scale: float = 1.0, dtype: Any = np.float32) -> Any:
+    """A 3-D ITK image (a copy, pixel type ``dtype``) of a z, y, x array with its physical
+    grid; physical coordinates (spacing and origin) are multiplied by ``scale``."""
+    import itk
+
+    arr = np.ascontiguousarray(np.asarray(data_zyx), dtype=dtype)
+    image = itk.image_from_array(arr)  # ITK's index x, y, z is the array's last axis first
+    set_image_geometry(image, np.asarray(spacing_zyx, dtype=np.float64) * scale,
+                       np.asarray(origin_zyx, dtype=np.float64) * scale, direction_zyx)
+    return image
+
+
+def _itk_parameters(values: Any) -> Any:
+    import itk
+
+    values = [float(v) for v in values]
+    p = itk.OptimizerParameters[itk.D](len(values))
+    for i, v in enumerate(values):
+        p[i] = v
+    return p
+
+
+#: elastix linear transform names and their parameter counts in 3-D.
+ELASTIX_LINEAR = {"TranslationTransform": 3, "EulerTransform": 6, "SimilarityTransform": 7,
+                  "AffineTransform": 12}
+
+
+def elastix_linear_to_matrix(parameter_map: Any) -> np.ndarray:
+    """The 4×4 z, y, x matrix of a linear elastix transform parameter map.
+
+    Like ANTs, elastix's ``TransformParameters`` map fixed-space points to moving-space
+    points. Layouts (all x, y, z), about ``CenterOfRotationPoint`` ``c``:
+    ``TranslationTransform`` (tx, ty, tz); ``EulerTransform`` (θx, θy, θz, tx, ty, tz; ITK's
+    Euler3DTransform, rotation order from ``ComputeZYX``); ``SimilarityTransform`` (versor
+    3, translation 3, scale; ITK's Similarity3DTransform); ``AffineTransform`` (the 3×3
+    matrix row by row, then the translation). The point map is ``A (p − c) + c + t``.
+    """
+    import itk
+
+    pm = {k: tuple(v) for k, v in dict(parameter_map).items()}
+    kind = pm.get("Transform", ("",))[0]
+    if kind not in ELASTIX_LINEAR:
+        raise TransformError(f"Not a linear elastix transform: {kind!r}.")
+    params = np.array([float(v) for v in pm.get("TransformParameters", ())], dtype=np.float64)
+    if params.size != ELASTIX_LINEAR[kind]:
+        raise TransformError(f"{kind} needs {ELASTIX_LINEAR[kind]} parameters; "
+                             f"got {params.size}.")
+    if kind == "TranslationTransform":
+        return matrix_from_itk(matrix_offset_to_homogeneous(np.eye(3), params))
+    center = [float(v) for v in pm.get("CenterOfRotationPoint", ("0", "0", "0"))]
+    if kind == "EulerTransform":
+        t = itk.Euler3DTransform[itk.D].New()
+        t.SetComputeZYX(pm.get("ComputeZYX", ("false",))[0].lower() == "true")
+    elif kind == "SimilarityTransform":
+        t = itk.Similarity3DTransform[itk.D].New()
+    else:
+        t = itk.AffineTransform[itk.D, 3].New()
+    t.SetCenter(center)
+    t.SetParameters(_itk_parameters(params))
+    return linear_itk_transform_to_matrix(t)
+
+
+def matrix_to_elastix_affine(matrix_zyx: Any) -> dict[str, list[str]]:
+    """The ``Transform``, ``TransformParameters`` and ``CenterOfRotationPoint`` entries of an
+    elastix ``AffineTransform`` parameter map for a 4×4 z, y, x matrix (centre 0)."""
+    m = matrix_to_itk(matrix_zyx)
+    values = [*m[:3, :3].ravel(), *m[:3, 3]]
+    return {"Transform": ["AffineTransform"], "NumberOfParameters": ["12"],
+            "TransformParameters": [repr(float(v)) for v in values],
+            "CenterOfRotationPoint": ["0", "0", "0"]}

@@ -6,6 +6,8 @@ not coarser than, level 0's times the factor), by ``target_spacing``, or by
 :data:`BYTES_PER_VOXEL` per fixed voxel). Linear stages (``linear_type``) run first, then an
 optional deformable stage (``nonlinear_type``), all in one ANTs call; the result is a
 fixed→moving transform ``[coarse field, affine]`` in physical space, with its inverse.
+``backend="elastix"`` runs the same steps with ITK-elastix instead (linear types as in
+ANTs; the deformable stage is ``"BSpline"``; see :func:`elastix_kinds`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from ..pyramid import to_pyramid
 from ..qc import ncc, otsu_threshold
 from ..transforms.model import Identity, Transform
 from ..warp import warp
-from . import ants_backend
+from . import ants_backend, elastix_backend
 
 #: Rough peak memory of an ANTs SyN registration per fixed voxel (measured: ~1.65 GB for
 #: the 7.2 M-voxel mni/ch2 pair), used to pick a level from a memory budget.
@@ -137,16 +139,25 @@ def coarse_register(
     fixed_mask: xr.DataArray | None = None,
     moving_mask: xr.DataArray | None = None,
     random_seed: int | None = 1,
+    backend: str = "ants",
 ) -> CoarseResult:
     """Register the whole volumes at a coarse level (see the module docstring).
 
-    Raises :class:`~ngffreg.errors.InputError` for unknown types or accuracies, and when the
+    ``backend``: ``"ants"`` (default) or ``"elastix"``. Raises
+    :class:`~ngffreg.errors.InputError` for unknown types or accuracies, and when the
     result leaves the fixed foreground outside the moving image (no overlap).
     """
-    stages = []
-    if linear_type:
+    stages: list[Any] = []
+    if backend == "elastix":
+        stages = elastix_kinds(linear_type, nonlinear_type)
+        elastix_backend._check("linear_accuracy", linear_accuracy, elastix_backend.ACCURACIES)
+        elastix_backend._check("nonlinear_accuracy", nonlinear_accuracy,
+                               elastix_backend.ACCURACIES)
+    elif backend != "ants":
+        raise InputError(f"Unknown backend {backend!r}; use ants or elastix.")
+    if backend == "ants" and linear_type:
         stages += ants_backend.linear_stages(linear_type, linear_accuracy)
-    if nonlinear_type:
+    if backend == "ants" and nonlinear_type:
         stages.append(ants_backend.nonlinear_stage(nonlinear_type, nonlinear_accuracy,
                                                    metric=metric))
     fi = pick_level(fixed_levels, downsample_factor=downsample_factor,
@@ -161,7 +172,12 @@ def coarse_register(
     moving = moving.copy(data=np.asarray(moving.data.compute()
                                          if hasattr(moving.data, "compute") else moving.data))
     t0 = time.perf_counter()
-    if stages:
+    if stages and backend == "elastix":
+        transform = _run_elastix(fixed, moving, stages, linear_accuracy, nonlinear_accuracy,
+                                 metric, _mask_on(fixed_mask, fixed),
+                                 _mask_on(moving_mask, moving), random_seed)
+        inverse = transform.inverse() if transform.is_linear else None
+    elif stages:
         result = ants_backend.run_ants(
             fixed, moving, stages, fixed_mask=_mask_on(fixed_mask, fixed),
             moving_mask=_mask_on(moving_mask, moving), random_seed=random_seed)
@@ -175,7 +191,8 @@ def coarse_register(
     metrics = {"fixed_shape": list(fixed.shape), "moving_shape": list(moving.shape),
                "fixed_spacing": list(spacing(fixed)), "moving_spacing": list(spacing(moving)),
                "ncc_before": before, "ncc_after": after, "seconds": seconds,
-               "overlap": overlap, "stages": [s.transform for s in stages]}
+               "overlap": overlap, "backend": backend,
+               "stages": [getattr(s, "transform", s) for s in stages]}
     if overlap < 0.05:
         raise InputError(
             f"After the coarse step only {overlap:.1%} of the fixed image's foreground maps "
@@ -190,3 +207,50 @@ def _mask_on(mask: xr.DataArray | None, like: xr.DataArray) -> xr.DataArray | No
     if mask is None:
         return None
     return warp(mask, Identity(), like=like, interpolator="nearestNeighbor").compute()
+
+
+#: elastix stages per linear type (``Affine`` is preceded by a rigid stage, as in ANTs).
+ELASTIX_LINEAR = {"Translation": ["translation"], "Rigid": ["rigid"],
+                  "Similarity": ["similarity"], "Affine": ["rigid", "affine"]}
+#: Deformable types only the elastix backend has.
+ELASTIX_NONLINEAR = {"BSpline": "bspline"}
+
+
+def elastix_kinds(linear_type: str | None, nonlinear_type: str | None) -> list[str]:
+    """The elastix transform kinds for ngffreg's ``linear_type`` (``Translation``,
+    ``Rigid``, ``Similarity``, ``Affine``) and ``nonlinear_type`` (``BSpline``; the ANTs
+    types ``SyN``, ``SyNOnly`` and ``Elastic`` are refused)."""
+    kinds: list[str] = []
+    if linear_type:
+        ants_backend._check("linear_type", linear_type, ants_backend.LINEAR_TYPES)
+        kinds += ELASTIX_LINEAR[linear_type]
+    if nonlinear_type:
+        if nonlinear_type in ants_backend.NONLINEAR_TYPES:
+            raise InputError(f"nonlinear_type {nonlinear_type!r} is an ANTs transform; the "
+                             "elastix backend has 'BSpline' (or None), or use backend='ants'.")
+        ants_backend._check("nonlinear_type", nonlinear_type, tuple(ELASTIX_NONLINEAR))
+        kinds.append(ELASTIX_NONLINEAR[nonlinear_type])
+    return kinds
+
+
+def _run_elastix(fixed: xr.DataArray, moving: xr.DataArray, kinds: list[str],
+                 linear_accuracy: str, nonlinear_accuracy: str, metric: str,
+                 fixed_mask: xr.DataArray | None, moving_mask: xr.DataArray | None,
+                 random_seed: int | None) -> Transform:
+    """The coarse step with elastix: linear stages on mutual information (as ANTs), then the
+    B-spline stage on ``metric`` (``CC`` → normalised correlation, ``MI`` → Mattes mutual
+    information), each at its own accuracy."""
+    linear = [k for k in kinds if k != "bspline"]
+    common = {"fixed_mask": fixed_mask, "moving_mask": moving_mask, "random_seed": random_seed}
+    transform: Transform | None = None
+    if linear:
+        transform = elastix_backend.run_elastix(fixed, moving, linear, accuracy=linear_accuracy,
+                                                **common).transform
+    if "bspline" in kinds:
+        deformable = elastix_backend.run_elastix(
+            fixed, moving, ["bspline"], accuracy=nonlinear_accuracy, initial_transform=transform,
+            metric="AdvancedMattesMutualInformation" if metric == "MI"
+            else "AdvancedNormalizedCorrelation", **common)
+        transform = deformable.transform
+    assert transform is not None
+    return transform

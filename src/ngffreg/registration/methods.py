@@ -18,8 +18,7 @@ physical space), and optionally ``valid`` (a boolean mask on the block grid wher
 residual can be trusted; outside it the blend gives the block no weight). Raising an
 exception is allowed: the block is then marked failed and filled from its neighbours.
 
-Built in: :class:`AntsSyN` (the default), :class:`AntsAffine` and, when itk-elastix is
-installed, :class:`ElastixBSpline`.
+Built in: :class:`AntsSyN` (the default), :class:`AntsAffine` and :class:`ElastixBSpline`.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ import xarray as xr
 
 from ..errors import InputError
 from ..transforms.model import Transform
-from . import ants_backend
+from . import ants_backend, elastix_backend
 
 
 @dataclass(frozen=True)
@@ -109,9 +108,36 @@ class AntsAffine:
         return BlockResult("ok", result.transform)
 
 
+@dataclass(frozen=True)
+class ElastixBSpline:
+    """A B-spline elastix registration of a block pair (schedules in
+    :data:`~ngffreg.registration.elastix_backend.ELASTIX_SCHEDULES`), its control points
+    ``grid_spacing`` apart (physical units of the block; default
+    :data:`~ngffreg.registration.elastix_backend.DEFAULT_GRID_VOXELS` voxels), normalised
+    correlation by default. elastix runs in the calling process: use worker processes
+    (``workers`` > 1 or a dask client with processes), not threads."""
+
+    accuracy: str = "medium"
+    grid_spacing: float | tuple[float, float, float] | None = None
+    metric: str = "AdvancedNormalizedCorrelation"
+    random_seed: int | None = 1
+
+    def __post_init__(self) -> None:
+        elastix_backend._check("accuracy", self.accuracy, elastix_backend.ACCURACIES)
+        elastix_backend._check("metric", self.metric, elastix_backend.METRICS)
+
+    def __call__(self, fixed: xr.DataArray, moving: xr.DataArray, initial: Transform,
+                 info: BlockInfo) -> BlockResult:
+        result = elastix_backend.run_elastix(
+            fixed, moving, ["bspline"], accuracy=self.accuracy, grid_spacing=self.grid_spacing,
+            metric=self.metric, random_seed=self.random_seed)
+        return BlockResult("ok", result.transform)
+
+
 BLOCK_METHODS: dict[str, Callable[..., BlockMethod]] = {
     "ants-syn": AntsSyN,
     "ants-affine": AntsAffine,
+    "elastix-bspline": ElastixBSpline,
 }
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..blocks import BlockPlan, block_shape, plan_blocks
+from ..blocks import BlockPlan, auto_block_size, block_shape, plan_blocks
 from ..errors import InputError, OutputError
 from ..image import Grid, spacing, to_units, units
 from ..qc import field_report
@@ -39,7 +39,7 @@ from ..transforms.model import DisplacementField, Sequence, Transform, sample_fi
 from ..warp import choose_moving_level, interpolation_order
 from . import ants_backend
 from .blockwise import block_table, check_picklable, run_blocks
-from .coarse import CoarseResult, coarse_register, image_levels, pick_level
+from .coarse import CoarseResult, coarse_register, elastix_kinds, image_levels, pick_level
 from .methods import AntsSyN, block_method
 from .reduce import blend
 
@@ -134,6 +134,7 @@ def register(
     chunk_size: Any = 128,
     overlap_fraction: float = 0.25,
     block_levels: Any = None,
+    block_memory: Any = "1 GiB",
     linear_type: str | None = "Affine",
     nonlinear_type_coarse: str | None = "SyN",
     nonlinear_type_fine: str | None = "SyNOnly",
@@ -141,6 +142,7 @@ def register(
     coarse_accuracy: str = "medium",
     fine_accuracy: str = "medium",
     method: Any = None,
+    backend: str = "ants",
     interpolator: str = "linear",
     blend_sigma: float | None = None,
     fixed_mask: xr.DataArray | None = None,
@@ -173,6 +175,10 @@ def register(
     chunk_size, overlap_fraction
         Block core size (voxels: int or z, y, x; or lengths such as ``"2 mm"``) and the
         overlap added per side as a fraction of it.
+    block_memory
+        With ``chunk_size="auto"``: the memory one block registration may use (per worker
+        process); the block size is the largest that fits
+        (:func:`ngffreg.blocks.auto_block_size`).
     block_levels
         Multi-resolution blocks: ``[(level, chunk_size), …]`` from coarse to fine, e.g.
         ``[(1, 64), (0, 32)]``; each pass registers its blocks through everything found so
@@ -186,7 +192,10 @@ def register(
     method
         The block method: a name (``"ants-syn"``, ``"ants-affine"``) or a callable
         ``(fixed, moving, initial, info) -> BlockResult``; default ANTs SyN with
-        ``nonlinear_type_fine`` and ``fine_accuracy``.
+        ``nonlinear_type_fine`` and ``fine_accuracy``; ``"elastix-bspline"`` for elastix.
+    backend
+        The coarse step's registration: ``"ants"`` (default) or ``"elastix"`` (ITK-elastix;
+        ``nonlinear_type_coarse`` ``"BSpline"`` or ``None``). Blocks choose via ``method``.
     interpolator, blend_sigma
         Interpolation of the registered image; half-width (voxels) of the blend across block
         faces (default: half the overlap).
@@ -209,7 +218,12 @@ def register(
         ants_backend._check(name, value, ants_backend.ACCURACIES)
     if linear_type is not None:
         ants_backend._check("linear_type", linear_type, ants_backend.LINEAR_TYPES)
-    for name, value in (("nonlinear_type_coarse", nonlinear_type_coarse),
+    if backend == "elastix":
+        elastix_kinds(linear_type, nonlinear_type_coarse)
+    elif backend != "ants":
+        raise InputError(f"Unknown backend {backend!r}; use ants or elastix.")
+    for name, value in (("nonlinear_type_coarse",
+                         nonlinear_type_coarse if backend == "ants" else None),
                         ("nonlinear_type_fine", nonlinear_type_fine)):
         if value is not None:
             ants_backend._check(name, value, ants_backend.NONLINEAR_TYPES)
@@ -229,6 +243,8 @@ def register(
     fi = _fine_level(fixed_levels, fine_level, fine_spacing)
     if not 0 <= overlap_fraction < 1:
         raise InputError(f"overlap_fraction must be in [0, 1); got {overlap_fraction}.")
+    if isinstance(chunk_size, str) and chunk_size == "auto":
+        chunk_size = auto_block_size(block_memory, overlap_fraction)
     passes = _passes(fixed_levels, fi, chunk_size, block_levels)
     for level, size in passes:  # a bad chunk size fails before any work
         block_shape(size, Grid.of(fixed_levels[level]))
@@ -243,7 +259,7 @@ def register(
         "linear_type": linear_type, "nonlinear_type_coarse": nonlinear_type_coarse,
         "nonlinear_type_fine": nonlinear_type_fine, "linear_accuracy": linear_accuracy,
         "coarse_accuracy": coarse_accuracy, "fine_accuracy": fine_accuracy,
-        "method": repr(method), "min_foreground": min_foreground,
+        "method": repr(method), "min_foreground": min_foreground, "backend": backend,
     }
     timings: dict[str, float] = {}
     tmp_holder = None
@@ -263,7 +279,7 @@ def register(
         nonlinear_type=nonlinear_type_coarse, linear_accuracy=linear_accuracy,
         nonlinear_accuracy=coarse_accuracy, downsample_factor=downsample_factor,
         target_spacing=coarse_spacing, memory_budget=coarse_memory_budget, level=coarse_level,
-        fixed_mask=fixed_mask, moving_mask=moving_mask)
+        fixed_mask=fixed_mask, moving_mask=moving_mask, backend=backend)
     timings["coarse_s"] = time.perf_counter() - t0
 
     # 2-3. blocks and blend, pass by pass (coarse level to fine) --------------------------
