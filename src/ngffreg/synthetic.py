@@ -105,3 +105,45 @@ def synthetic_volume(
         name="image",
         attrs={"source": f"ngffreg.synthetic:synthetic_volume(shape={shape}, seed={seed})"},
     )
+
+
+def random_deformation(
+    grid,
+    *,
+    seed: int = 0,
+    coarse_amplitude: float = 4.0,
+    coarse_sigma: float = 16.0,
+    fine_amplitude: float = 1.0,
+    fine_sigma: float = 4.0,
+    control_spacing: float = 2.0,
+):
+    """A smooth random displacement field with a fine-scale part, for tests with a known
+    answer: Gaussian-filtered white noise at two scales (``*_sigma`` in voxels of
+    ``grid``), each scaled so that its largest displacement is ``*_amplitude`` voxels (of
+    the smallest spacing), sampled every ``control_spacing`` voxels and interpolated
+    linearly. Components z, y, x in ``grid``'s unit; ``outside="nearest"``.
+
+    Use it as the moving → fixed map ``S`` (``moving = warp(fixed, S, like=fixed)``); the
+    true fixed → moving map is then ``S⁻¹`` (``S.apply_inverse``).
+    """
+    from scipy import ndimage
+
+    from .image import Grid
+    from .transforms.model import DisplacementField
+
+    rng = np.random.default_rng(seed)
+    step = float(control_spacing)
+    shape = tuple(int(np.ceil((n - 1) / step)) + 1 for n in grid.shape)
+    voxel = float(np.min(grid.spacing))
+    total = np.zeros((3, *shape))
+    for amplitude, sigma in ((coarse_amplitude, coarse_sigma), (fine_amplitude, fine_sigma)):
+        if amplitude <= 0:
+            continue
+        part = np.stack([ndimage.gaussian_filter(rng.normal(size=shape), sigma / step,
+                                                 mode="reflect") for _ in range(3)])
+        part *= amplitude * voxel / np.abs(part).max()
+        total += part
+    coarse = Grid(shape, grid.spacing * step, grid.frame_origin, grid.direction, grid.unit)
+    return DisplacementField.from_array(total.astype(np.float32), spacing=coarse.spacing,
+                                        origin=coarse.origin, direction=coarse.direction,
+                                        unit=grid.unit, outside="nearest")
