@@ -64,6 +64,8 @@ def test_schedule_drops_resolutions_too_coarse_for_the_image():
     assert maps[1]["NumberOfResolutions"] == ["3"]
     assert len(maps[1]["GridSpacingSchedule"]) == 3
     assert maps[1]["FinalGridSpacingInPhysicalUnits"] == ["8.0", "8.0", "16.0"]
+    assert eb.parameter_maps(["rigid"], shape=(48,) * 3, iterations=60)[0][
+        "MaximumNumberOfIterations"] == ["60"]
 
 
 def test_elastix_parameter_layout_round_trips():
@@ -81,7 +83,7 @@ def test_elastix_parameter_layout_round_trips():
              "CenterOfRotationPoint": ["10", "0", "0"], "ComputeZYX": ["false"]}
     t = Affine(matrix=itk_bridge.elastix_linear_to_matrix(euler))
     c = np.array([[0.0, 0.0, 10.0]])  # the centre, z, y, x
-    assert np.allclose(t.apply(c), c + [[3.0, 2.0, 1.0]])
+    assert np.allclose(t.apply(c), c + np.array([[3.0, 2.0, 1.0]]))
     p = np.array([[0.0, 0.0, 11.0]])  # one unit along x from the centre
     assert np.allclose(t.apply(p) - t.apply(c), [[0.0, np.sin(0.5), np.cos(0.5)]])
 
@@ -104,7 +106,7 @@ def test_linear_results_match_transformix(data_dir):
 
 def test_rigid_on_the_phantom_in_any_length_unit(data_dir):
     """greedy phantom01 at level 1: the rigid result is within 0.5 mm of the known truth
-    everywhere in the mask (measured: 0.034 mm at medium), and the same images in metres
+    everywhere in the mask (measured: 0.072 mm max), and the same images in metres
     give the same map."""
     fixed, moving, mask = _phantom(data_dir)
     truth = _phantom_truth(data_dir)
@@ -151,9 +153,9 @@ def _rotated(image, angle_deg=12.0):
 
 def test_affine_in_physical_space_with_oblique_directions_matches_ants(data_dir):
     """ch2 → mni at level 2 (4 mm): elastix improves the correlation as much as ngffreg's
-    ANTs backend (measured: NCC 0.975 → 0.977 elastix, 0.979 ANTs), with ch2 given an oblique
-    direction both agree within 2 mm on brain points, and the oblique result is the plain one
-    followed by the known rotation."""
+    ANTs backend with ch2 given an oblique direction (measured: NCC 0.918 → 0.977 elastix,
+    0.979 ANTs), both agree within 2 mm on brain points (measured: median 0.72 mm), and the
+    oblique result is the plain one followed by the known rotation."""
     from ngffreg.registration import ants_backend
 
     pytest.importorskip("ants")
@@ -222,7 +224,7 @@ def test_bspline_after_linear_stages_is_field_then_affine(data_dir):
     the grid."""
     fixed, moving, _ = _phantom(data_dir, level=2)
     result = eb.run_elastix(fixed, moving, ["rigid", "bspline"], accuracy="low",
-                            metric="AdvancedNormalizedCorrelation")
+                            metric="AdvancedNormalizedCorrelation", iterations=60)
     field, affine = result.transform.transforms
     assert isinstance(field, DisplacementField) and isinstance(affine, Affine)
     gp = Grid.of(fixed).points()
@@ -237,7 +239,8 @@ def test_bspline_after_linear_stages_is_field_then_affine(data_dir):
 @pytest.mark.slow
 def test_register_with_elastix_coarse_and_blocks(data_dir, tmp_path):
     """The whole pipeline on phantom01 with elastix: rigid coarse step, B-spline blocks on
-    level 2 in two worker processes; every block ok and the store written."""
+    level 2 in two worker processes; every block ok or skipped, the store written (measured:
+    4 ok, 4 skipped; median 0.12 mm from the truth, 42 s)."""
     import ngffreg
     from ngffreg.registration.methods import ElastixBSpline
 
@@ -247,7 +250,6 @@ def test_register_with_elastix_coarse_and_blocks(data_dir, tmp_path):
         d / "phantom01_fixed.nii.gz", d / "phantom01_moving.nii.gz", out, backend="elastix",
         linear_type="Rigid", nonlinear_type_coarse=None, linear_accuracy="low",
         method=ElastixBSpline(accuracy="low"), fine_level=2, chunk_size=16, workers=2)
-    print(result.timings)
     statuses = {r["status"] for r in result.blocks}
     assert statuses <= {"ok", "skipped"} and "ok" in statuses, result.table
     assert result.coarse.metrics["backend"] == "elastix"

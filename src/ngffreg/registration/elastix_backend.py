@@ -98,11 +98,13 @@ def resolutions(accuracy: str, shape: Seq[int]) -> int:
 def parameter_maps(kinds: Seq[str], accuracy: str = "medium", *, shape: Seq[int],
                    grid_spacing_xyz: Seq[float] | None = None,
                    metric: str = "AdvancedMattesMutualInformation",
-                   random_seed: int | None = 1, masked: bool = False) -> list[dict[str, list[str]]]:
+                   random_seed: int | None = 1, masked: bool = False,
+                   iterations: int | None = None) -> list[dict[str, list[str]]]:
     """elastix parameter maps for ``kinds`` (run in that order) at ``accuracy``.
 
     ``grid_spacing_xyz``: the B-spline's final control-point spacing, x, y, z (physical
-    units as elastix sees them); needed when ``kinds`` holds ``"bspline"``.
+    units as elastix sees them); needed when ``kinds`` holds ``"bspline"``. ``iterations``
+    (per resolution) overrides the schedule's.
     """
     import itk
 
@@ -118,7 +120,7 @@ def parameter_maps(kinds: Seq[str], accuracy: str = "medium", *, shape: Seq[int]
         pm = {k: list(v) for k, v in
               dict(itk.ParameterObject.GetDefaultParameterMap(_DEFAULT_MAP[kind], 3)).items()}
         pm["NumberOfResolutions"] = [str(n)]
-        pm["MaximumNumberOfIterations"] = [str(schedule["iterations"])]
+        pm["MaximumNumberOfIterations"] = [str(int(iterations or schedule["iterations"]))]
         pm["NumberOfSpatialSamples"] = [str(schedule["samples"])]
         pm["WriteResultImage"] = ["false"]
         pm["ResultImageFormat"] = ["nii"]
@@ -218,6 +220,7 @@ def run_elastix(
     metric: str = "AdvancedMattesMutualInformation",
     random_seed: int | None = 1,
     number_of_threads: int | None = None,
+    iterations: int | None = None,
 ) -> ElastixResult:
     """Register ``moving`` to ``fixed`` (3-D, dims z, y, x, small enough to load) with the
     elastix stages ``kinds`` (see the module docstring).
@@ -227,7 +230,8 @@ def run_elastix(
     spacing in the fixed image's unit, a number or z, y, x (default
     :data:`DEFAULT_GRID_VOXELS` fixed voxels); ``metric``: ``AdvancedMattesMutualInformation``
     or ``AdvancedNormalizedCorrelation``; masks: voxels > 0.5 count (resampled onto their
-    image's grid); ``number_of_threads``: elastix's threads (default: ITK's).
+    image's grid); ``number_of_threads``: elastix's threads (default: ITK's);
+    ``iterations``: per resolution, overriding the schedule's.
 
     The returned transform includes ``initial_transform`` (it maps fixed points all the way
     to moving points).
@@ -250,7 +254,7 @@ def run_elastix(
     maps = parameter_maps(kinds, accuracy, shape=shape,
                           grid_spacing_xyz=itk_bridge.points_to_itk(grid_zyx * k),
                           metric=metric, random_seed=random_seed,
-                          masked=fixed_mask is not None)
+                          masked=fixed_mask is not None, iterations=iterations)
     if initial_transform is not None:
         m = np.array(initial_transform.to_affine().matrix, dtype=np.float64)
         m[:3, 3] *= k
