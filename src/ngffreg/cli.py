@@ -156,6 +156,7 @@ REGISTER_OPTIONS: dict[str, tuple[type, str]] = {
     "coarse_accuracy": (str, "low, medium, high (default medium)"),
     "fine_accuracy": (str, "low, medium, high (default medium)"),
     "interpolator": (str, "linear, nearestNeighbor, bSpline (default linear)"),
+    "backend": (str, "coarse step: ants (default) or elastix (nonlinear type BSpline)"),
     "blend_sigma": (float, "half-width of the blend across block faces, voxels"),
     "min_foreground": (float, "skip blocks with less foreground than this fraction"),
     "workers": (int, "block registrations in parallel (processes; default 1)"),
