@@ -45,15 +45,17 @@ class ChunkedRegistration:
         Overlap added on each side of a block, as a fraction of its size.
     prefer_dask
         Run blocks in parallel (``workers`` processes, or ``client``'s dask cluster).
-    workers, client, fine_level, method
-        See :func:`ngffreg.registration.register.register`.
+    workers, client, fine_level, method, backend, block_levels
+        See :func:`ngffreg.registration.register.register` (``block_levels`` and a
+        ``client`` apply to :meth:`run_full_pipeline`).
     """
 
     def __init__(self, fixed_image_path: Any, moving_image_path: Any, output_dir: Any = None,
                  downsample_factor: float = 4, chunk_size: Any = 128,
                  overlap_fraction: float = 0.25, prefer_dask: bool = True, *,
                  workers: int = 2, client: Any = None, fine_level: int = 0,
-                 method: Any = None) -> None:
+                 method: Any = None, backend: str = "ants",
+                 block_levels: Any = None) -> None:
         self.fixed_image_path = fixed_image_path
         self.moving_image_path = moving_image_path
         self.output_dir = Path(output_dir) if output_dir is not None else None
@@ -65,6 +67,8 @@ class ChunkedRegistration:
         self.client = client if prefer_dask else None
         self.fine_level = fine_level
         self.method = method
+        self.backend = backend
+        self.block_levels = block_levels
         self.fixed_levels = image_levels(fixed_image_path, name="fixed")
         self.moving_levels = image_levels(moving_image_path, name="moving")
         self.coarse: CoarseResult | None = None
@@ -90,7 +94,8 @@ class ChunkedRegistration:
             nonlinear_type_fine=nonlinear_type_fine, linear_accuracy=linear_accuracy,
             coarse_accuracy=coarse_accuracy, fine_accuracy=fine_accuracy,
             method=self.method, interpolator=interpolator, blend_sigma=blend_sigma,
-            workers=self.workers, client=self.client, overwrite=overwrite)
+            workers=self.workers, client=self.client, overwrite=overwrite,
+            backend=self.backend, block_levels=self.block_levels)
         self.coarse, self.plan, self.blocks = (self.result.coarse, self.result.plan,
                                                self.result.blocks)
         return self.result
@@ -103,7 +108,8 @@ class ChunkedRegistration:
         self.coarse = coarse_register(
             self.fixed_levels, self.moving_levels, linear_type=linear_type,
             nonlinear_type=nonlinear_type, linear_accuracy=linear_accuracy,
-            nonlinear_accuracy=nonlinear_accuracy, downsample_factor=self.downsample_factor)
+            nonlinear_accuracy=nonlinear_accuracy, downsample_factor=self.downsample_factor,
+            backend=self.backend)
         return self.coarse
 
     def register_all_chunks(self, nonlinear_type: str = "SyNOnly",
