@@ -126,6 +126,7 @@ def main() -> None:
     p.add_argument("--chunk-size", type=int, default=None)
     p.add_argument("--fine-accuracy", default="low")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--no-ngffreg", action="store_true", help="only the ANTs runs")
     p.add_argument("--ants", action="store_true", help="also whole-volume default ANTs SyN")
     p.add_argument("--ants-full", action="store_true",
                    help="also whole-volume antsRegistrationSyN[s] (~42 min at level 0)")
@@ -138,8 +139,10 @@ def main() -> None:
     if not (work / "fixed.npy").is_file():
         print(f"building the pair at level {level} ...", flush=True)
         run_sampled([PY, "-c", _MAKE, str(level), str(work), str(data)])
-    runs = {"ngffreg": _run(_NGFFREG, [str(work), str(chunk), args.fine_accuracy,
-                                       str(args.workers)], "ngffreg")}
+    runs = {}
+    if not args.no_ngffreg:
+        runs["ngffreg"] = _run(_NGFFREG, [str(work), str(chunk), args.fine_accuracy,
+                                          str(args.workers)], "ngffreg")
     if args.ants:
         runs["ants_syn"] = _run(_ANTS, [str(work), "SyN"], "ants SyN")
     if args.ants_full:
