@@ -251,3 +251,42 @@ def test_multi_resolution_blocks_write_every_pass(data_dir, tmp_path):
     xyz = pd.DataFrame(sample[:, ::-1], columns=["x", "y", "z"])
     theirs = ants.apply_transforms_to_points(3, xyz, files)[["x", "y", "z"]].to_numpy()[:, ::-1]
     assert np.abs(theirs - result.transform.apply(sample)).max() < 0.05
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_resumes_from_its_finished_blocks(data_dir, tmp_path, monkeypatch):
+    """A run that dies after its blocks (here: the warp raises) leaves ``OUT.partial`` with
+    the finished blocks and no ``OUT``; the same call again reuses them (same records, no
+    new registrations) and publishes."""
+    import sys
+
+    warp_module = sys.modules["ngffreg.warp"]  # ngffreg.warp is also the function
+    d = data_dir / "greedy"
+    out = tmp_path / "out.ome.zarr"
+    kwargs = dict(linear_type="Translation", nonlinear_type_coarse=None,
+                  linear_accuracy="low", downsample_factor=4, fine_level=2, chunk_size=16,
+                  min_foreground=0.0, method="ants-affine")
+
+    def broken(*args, **kw):
+        raise RuntimeError("disk unplugged")
+
+    monkeypatch.setattr(warp_module, "write_warped", broken)
+    with pytest.raises(RuntimeError, match="unplugged"):
+        register(d / "phantom01_fixed.nii.gz", d / "phantom01_moving.nii.gz", out, **kwargs)
+    monkeypatch.undo()
+    partial = tmp_path / "out.ome.zarr.partial"
+    assert not out.exists() and len(list((partial / "blocks").glob("b*"))) == 8
+    first = {b.name: (b / "zarr.json").stat().st_mtime_ns for b in (partial / "blocks").glob("b*")}
+
+    calls = []
+    import ngffreg.registration.blockwise as blockwise
+
+    real = blockwise.register_block
+    monkeypatch.setattr(blockwise, "register_block",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    result = register(d / "phantom01_fixed.nii.gz", d / "phantom01_moving.nii.gz", out,
+                      **kwargs)
+    assert calls == [] and len(result.blocks) == 8
+    assert out.is_dir() and not partial.exists()
+    kept = {b.name: (b / "zarr.json").stat().st_mtime_ns for b in (out / "blocks").glob("b*")}
+    assert kept == first
