@@ -42,6 +42,9 @@ from .methods import BlockInfo, BlockMethod, BlockResult
 
 #: Statuses whose field is used as computed.
 USED = ("ok",)
+#: How the moving region is resampled onto the block grid before the block method sees it
+#: (a cubic B-spline blurs less than linear interpolation).
+PREWARP_INTERPOLATOR = "bSpline"
 #: A block whose correlation drops by more than this is rejected.
 NCC_TOLERANCE = 0.01
 
@@ -128,7 +131,7 @@ def register_block(
             raise RuntimeError("the block maps outside the moving image")
         record["moving_region"] = [[s.start, s.stop] for s in region]
         moving_part = _load(moving.isel(z=region[0], y=region[1], x=region[2]))
-        prewarped = _load(warp(moving_part, initial, like=bgrid, interpolator="linear"))
+        prewarped = _load(warp(moving_part, initial, like=bgrid, interpolator=PREWARP_INTERPOLATOR))
         core = _core_mask(block)
         before = ncc(fixed_block.values[core], prewarped.values[core])
         info = BlockInfo(block.id, block.index, block.core, block.region, plan.level,
