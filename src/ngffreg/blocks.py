@@ -20,7 +20,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import InputError
-from .image import Grid
+from .image import Grid, load
 from .transforms.model import Transform
 from .units import normalize_unit, unit_factor
 
@@ -182,9 +182,7 @@ def foreground_fractions(grid: Grid, edges: Seq[np.ndarray], image: xr.DataArray
     ideally a coarse one: it is loaded whole) above ``threshold`` (Otsu's by default)."""
     from .qc import otsu_threshold
 
-    data = image.data
-    data = np.asarray(data.compute(scheduler="synchronous") if hasattr(data, "compute")
-                      else data, dtype=np.float32)
+    data = np.asarray(load(image).values, dtype=np.float32)
     thr = otsu_threshold(data) if threshold is None else float(threshold)
     src = Grid.of(image)
     cidx = grid.continuous_index(src.points())

@@ -138,6 +138,15 @@ def normalize_direction(
     return data, new_spacing, new_origin, np.eye(3)
 
 
+def load(image: xr.DataArray) -> xr.DataArray:
+    """``image`` with its data in memory (numpy), computed on this thread (safe inside dask
+    tasks and worker processes)."""
+    data = image.data
+    if hasattr(data, "compute"):
+        data = data.compute(scheduler="synchronous")
+    return image.copy(data=np.asarray(data))
+
+
 def make_image(
     data: Any,
     *,

@@ -17,14 +17,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .blocks import BlockPlan, plan_blocks
-from .image import Grid, spacing
-from .registration.blockwise import run_blocks
+from .blocks import BlockPlan
 from .registration.coarse import CoarseResult, coarse_register, image_levels
 from .registration.methods import AntsSyN, block_method
-from .registration.register import RegistrationResult, register
-from .transforms.model import DisplacementField, Sequence, Transform
-from .warp import choose_moving_level
+from .registration.register import (
+    RegistrationResult,
+    blend_pass,
+    register,
+    run_pass,
+    steps_of,
+)
+from .transforms.model import Sequence, Transform
 
 
 class ChunkedRegistration:
@@ -119,15 +122,11 @@ class ChunkedRegistration:
             self.perform_coarse_registration()
         method = (block_method(self.method) if self.method is not None
                   else AntsSyN(accuracy=nonlinear_accuracy, nonlinear_type=nonlinear_type))
-        fixed = self.fixed_levels[self.fine_level]
-        moving = self.moving_levels[choose_moving_level(self.moving_levels, spacing(fixed),
-                                                        fixed.attrs.get("units"))[0]]
-        self.plan = plan_blocks(Grid.of(fixed), self.chunk_size, self.overlap_fraction,
-                                level=self.fine_level,
-                                foreground=self.fixed_levels[self.coarse.fixed_level])
-        self.blocks = run_blocks(self.plan, fixed, moving, self.coarse.transform, method,
-                                 Path(self._work.name), workers=self.workers,
-                                 client=self.client)
+        self.plan, self.blocks = run_pass(
+            self.fixed_levels, self.moving_levels, self.fine_level, self.chunk_size,
+            self.overlap_fraction, self.fixed_levels[self.coarse.fixed_level],
+            self.coarse.transform, method, Path(self._work.name), workers=self.workers,
+            client=self.client)
         return self.blocks
 
     def apply_transforms_and_blend(self, output_path: Any = None, interpolator: str = "linear",
@@ -135,19 +134,13 @@ class ChunkedRegistration:
                                    overwrite: bool = False) -> Transform:
         """Blend the block fields, warp the moving volume and write the output store;
         returns the final fixed → moving transform."""
-        from .registration.reduce import blend
-        from .registration.register import _store_field
         from .warp import write_warped
 
         if not self.blocks:
             self.register_all_chunks()
         assert self.coarse is not None and self.plan is not None
-        fine: DisplacementField = _store_field(
-            blend(self.plan, self.blocks, Path(self._work.name), blend_sigma=blend_sigma),
-            Path(self._work.name))
-        steps = (self.coarse.transform.transforms if isinstance(self.coarse.transform, Sequence)
-                 else (self.coarse.transform,))
-        transform = Sequence(transforms=(fine, *steps))
+        fine, _ = blend_pass(self.plan, self.blocks, Path(self._work.name), blend_sigma)
+        transform = Sequence(transforms=(fine, *steps_of(self.coarse.transform)))
         write_warped(self.moving_levels, transform, self._output(output_path),
                      like=self.fixed_levels[0], interpolator=interpolator, overwrite=overwrite)
         self.transform = transform

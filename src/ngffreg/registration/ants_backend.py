@@ -28,7 +28,7 @@ import xarray as xr
 
 from .. import itk_bridge
 from ..errors import InputError
-from ..image import Grid, units
+from ..image import Grid, load, units
 from ..transforms.files import read_ants_transforms
 from ..transforms.model import Affine, DisplacementField, Sequence, Transform
 
@@ -152,10 +152,7 @@ class AntsResult:
 
 
 def _in_memory(image: xr.DataArray) -> np.ndarray:
-    data = image.data
-    if hasattr(data, "compute"):
-        data = data.compute(scheduler="synchronous")
-    return np.asarray(data, dtype=np.float32)
+    return np.asarray(load(image).values, dtype=np.float32)
 
 
 def _ants_image(image: xr.DataArray, scale: float) -> Any:

@@ -34,7 +34,7 @@ import numpy as np
 import xarray as xr
 
 from ..blocks import Block, BlockPlan, moving_region, subgrid
-from ..image import Grid, units
+from ..image import Grid, load, units
 from ..qc import jacobian_determinant, ncc
 from ..transforms.model import Transform, sample_field
 from ..warp import warp
@@ -47,13 +47,6 @@ USED = ("ok",)
 PREWARP_INTERPOLATOR = "bSpline"
 #: A block whose correlation drops by more than this is rejected.
 NCC_TOLERANCE = 0.01
-
-
-def _load(image: xr.DataArray) -> xr.DataArray:
-    data = image.data
-    if hasattr(data, "compute"):
-        data = data.compute(scheduler="synchronous")
-    return image.copy(data=np.asarray(data))
 
 
 def block_path(work: Path, block_id: int) -> Path:
@@ -123,15 +116,15 @@ def register_block(
         return record
     field = zero
     try:
-        fixed_block = _load(fixed.isel(z=block.slices[0], y=block.slices[1],
+        fixed_block = load(fixed.isel(z=block.slices[0], y=block.slices[1],
                                        x=block.slices[2]))
         mgrid = Grid.of(moving)
         region = moving_region(bgrid, initial, mgrid)
         if region is None:
             raise RuntimeError("the block maps outside the moving image")
         record["moving_region"] = [[s.start, s.stop] for s in region]
-        moving_part = _load(moving.isel(z=region[0], y=region[1], x=region[2]))
-        prewarped = _load(warp(moving_part, initial, like=bgrid, interpolator=PREWARP_INTERPOLATOR))
+        moving_part = load(moving.isel(z=region[0], y=region[1], x=region[2]))
+        prewarped = load(warp(moving_part, initial, like=bgrid, interpolator=PREWARP_INTERPOLATOR))
         core = _core_mask(block)
         before = ncc(fixed_block.values[core], prewarped.values[core])
         info = BlockInfo(block.id, block.index, block.core, block.region, plan.level,
@@ -149,7 +142,7 @@ def register_block(
             scheduler="synchronous"), dtype=np.float32)
         if result.valid is not None:
             field = np.where(np.asarray(result.valid, dtype=bool)[None], field, 0.0)
-        after_img = _load(warp(prewarped, residual, like=bgrid, interpolator="linear"))
+        after_img = load(warp(prewarped, residual, like=bgrid, interpolator="linear"))
         after = ncc(fixed_block.values[core], after_img.values[core])
         jac = jacobian_determinant(field, bgrid.spacing, bgrid.direction)[core]
         record.update(ncc_before=before, ncc_after=after, jacobian_min=float(jac.min()),

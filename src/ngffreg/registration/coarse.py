@@ -22,7 +22,7 @@ import xarray as xr
 from dask.utils import parse_bytes
 
 from ..errors import InputError
-from ..image import Grid, spacing, to_units, units
+from ..image import Grid, load, spacing, to_units, units
 from ..pyramid import levels as pyramid_levels
 from ..pyramid import to_pyramid
 from ..qc import ncc, otsu_threshold
@@ -167,10 +167,7 @@ def coarse_register(
     moving = moving_levels[mi]
     if units(moving) != units(fixed):
         moving = to_units(moving, units(fixed))
-    fixed = fixed.copy(data=np.asarray(fixed.data.compute() if hasattr(fixed.data, "compute")
-                                       else fixed.data))
-    moving = moving.copy(data=np.asarray(moving.data.compute()
-                                         if hasattr(moving.data, "compute") else moving.data))
+    fixed, moving = load(fixed), load(moving)
     t0 = time.perf_counter()
     if stages and backend == "elastix":
         transform = _run_elastix(fixed, moving, stages, linear_accuracy, nonlinear_accuracy,

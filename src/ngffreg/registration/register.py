@@ -288,33 +288,25 @@ def register(
     fine = None
     fine_report: dict[str, Any] = {}
     transform: Transform = coarse.transform
-    steps = list(coarse.transform.transforms if isinstance(coarse.transform, Sequence)
-                 else (coarse.transform,))
+    steps = steps_of(coarse.transform)
     fine_fields: list[DisplacementField] = []
     if method is not None:
         fg_level = fixed_levels[min(coarse.fixed_level, len(fixed_levels) - 1)]
         for k, (level, size) in enumerate(passes):
             t0 = time.perf_counter()
             pass_work = work if len(passes) == 1 else work / f"pass{k}"
-            pass_work.mkdir(parents=True, exist_ok=True)
-            f_level = fixed_levels[level]
-            m_level = moving_levels[choose_moving_level(moving_levels, spacing(f_level),
-                                                        fixed_unit)[0]]
-            plan = plan_blocks(Grid.of(f_level), size, overlap_fraction, level=level,
-                               foreground=fg_level, min_foreground=min_foreground)
-            (pass_work / "plan.json").write_text(json.dumps(plan.to_dict()))
             current = Sequence(transforms=(*fine_fields[::-1], *steps))
-            pass_records = run_blocks(plan, f_level, m_level, current, method, pass_work,
-                                      workers=workers, client=client, progress=progress)
+            plan, pass_records = run_pass(
+                fixed_levels, moving_levels, level, size, overlap_fraction, fg_level, current,
+                method, pass_work, min_foreground=min_foreground, workers=workers,
+                client=client, progress=progress)
             for r in pass_records:
                 r["pass"] = k
             timings[f"blocks_s{'' if len(passes) == 1 else k}"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            field_k = _store_field(blend(plan, pass_records, pass_work,
-                                         blend_sigma=blend_sigma), pass_work,
-                                   name="fine" if len(passes) == 1 else f"fine{k}")
+            field_k, fine_report = blend_pass(plan, pass_records, pass_work, blend_sigma,
+                                              "fine" if len(passes) == 1 else f"fine{k}")
             timings[f"blend_s{'' if len(passes) == 1 else k}"] = time.perf_counter() - t0
-            fine_report = field_report(field_k, plan.edges)
             if len(passes) > 1:
                 fine_report["pass"] = k
             fine_fields.append(field_k)
@@ -351,6 +343,40 @@ def register(
     _write_extras(output, work, result, export_ants)
     shutil.rmtree(work, ignore_errors=True)
     return result
+
+
+def steps_of(transform: Transform) -> tuple[Transform, ...]:
+    """The steps of a :class:`Sequence`, or the transform alone."""
+    return transform.transforms if isinstance(transform, Sequence) else (transform,)
+
+
+def run_pass(fixed_levels: list[xr.DataArray], moving_levels: list[xr.DataArray],
+             level: int, chunk_size: Any, overlap_fraction: float, foreground: xr.DataArray,
+             current: Transform, method: Any, work: Path, *, min_foreground: float = 0.02,
+             workers: int = 1, client: Any = None,
+             progress: Any = None) -> tuple[BlockPlan, list[dict[str, Any]]]:
+    """One pass of blocks on fixed level ``level`` (the moving level whose spacing fits),
+    registered through ``current``; the plan goes to ``work/plan.json``, the blocks to
+    ``work/blocks``."""
+    work.mkdir(parents=True, exist_ok=True)
+    fixed = fixed_levels[level]
+    moving = moving_levels[choose_moving_level(moving_levels, spacing(fixed),
+                                               units(fixed))[0]]
+    plan = plan_blocks(Grid.of(fixed), chunk_size, overlap_fraction, level=level,
+                       foreground=foreground, min_foreground=min_foreground)
+    (work / "plan.json").write_text(json.dumps(plan.to_dict()))
+    records = run_blocks(plan, fixed, moving, current, method, work, workers=workers,
+                         client=client, progress=progress)
+    return plan, records
+
+
+def blend_pass(plan: BlockPlan, records: list[dict[str, Any]], work: Path,
+               blend_sigma: float | None = None,
+               name: str = "fine") -> tuple[DisplacementField, dict[str, Any]]:
+    """A pass's blocks blended into one field, stored in ``work`` and read back lazily,
+    with its QC report (Jacobian, folds, seams)."""
+    field = _store_field(blend(plan, records, work, blend_sigma=blend_sigma), work, name=name)
+    return field, field_report(field, plan.edges)
 
 
 def _store_field(field: DisplacementField, work: Path, name: str = "fine") -> DisplacementField:
@@ -440,8 +466,7 @@ def export_ants_transforms(result: RegistrationResult, folder: Path) -> list[str
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    steps = list(result.transform.transforms) if isinstance(result.transform, Sequence) else [
-        result.transform]
+    steps = list(steps_of(result.transform))
     n_fine = result.n_fine if result.fine is not None else 0
     out = []
     if n_fine:
