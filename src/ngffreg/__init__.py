@@ -6,7 +6,7 @@ other faces are thin wrappers over it.
 
 from __future__ import annotations
 
-from . import transforms
+from . import accessor, transforms  # accessor: registers .reg on DataArray and DataTree
 from .errors import (
     CatalogError,
     InputError,
@@ -47,6 +47,7 @@ __all__ = [
     "OutputError",
     "UnitError",
     "__version__",
+    "accessor",
     "direction",
     "level",
     "levels",

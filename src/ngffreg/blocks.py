@@ -78,6 +78,15 @@ BLOCK_BASE_BYTES = 600 * 2**20
 BLOCK_BYTES_PER_VOXEL = 280
 
 
+def block_bytes(core: Any, overlap_fraction: float = 0.25) -> int:
+    """Memory of one block registration (a worker process with ANTs loaded and its block):
+    ``core`` is the block core in voxels (int or z, y, x), grown by ``overlap_fraction``
+    per side."""
+    sides = np.broadcast_to(np.asarray(core, dtype=np.float64), (3,))
+    voxels = float(np.prod(np.ceil(sides * (1 + 2 * overlap_fraction))))
+    return int(BLOCK_BASE_BYTES + BLOCK_BYTES_PER_VOXEL * voxels)
+
+
 def auto_block_size(memory_budget: Any, overlap_fraction: float = 0.25) -> int:
     """The largest block core (voxels per axis, a multiple of 8) whose registration fits in
     ``memory_budget`` (bytes or a string such as ``"1 GiB"``) per worker process."""

@@ -159,7 +159,14 @@ REGISTER_OPTIONS: dict[str, tuple[type, str]] = {
     "backend": (str, "coarse step: ants (default) or elastix (nonlinear type BSpline)"),
     "blend_sigma": (float, "half-width of the blend across block faces, voxels"),
     "min_foreground": (float, "skip blocks with less foreground than this fraction"),
-    "workers": (int, "block registrations in parallel (processes; default 1)"),
+    "workers": (int, "block worker processes of the local cluster (default: one per CPU, "
+                "as memory allows; 1 runs blocks in this process)"),
+    "memory_budget": (str, "memory for the whole run, all processes (e.g. 8GiB): sets the "
+                      "worker count, block size (with --chunk-size auto) and coarse level"),
+    "block_timeout": (float, "seconds one block may take; then it is flagged and filled "
+                      "from its neighbours"),
+    "scheduler_address": (str, "run the blocks on this dask scheduler (tcp://HOST:PORT) "
+                          "instead of a local cluster"),
 }
 
 
@@ -182,7 +189,7 @@ def _add_register_parser(sub) -> None:
     rp.add_argument("--moving-voxel-size", nargs=3, type=float, metavar=("Z", "Y", "X"))
     rp.add_argument("--unit", help="length unit of the --*-voxel-size options")
     rp.add_argument("--overwrite", action="store_true")
-    rp.add_argument("--quiet", action="store_true", help="no per-block progress lines")
+    rp.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -345,24 +352,57 @@ def register_options(args: argparse.Namespace) -> dict:
     return options
 
 
+class BlockProgress:
+    """A progress bar over blocks on stderr (redrawn in place on a terminal, a line per
+    block otherwise); flagged blocks are named as they finish."""
+
+    def __init__(self, stream=None) -> None:
+        self.stream = stream or sys.stderr
+        self.done = 0
+        self.flagged = 0
+        self.start = time.perf_counter()
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def __call__(self, rec: dict) -> None:
+        self.done += 1
+        total = rec.get("of")
+        status = rec.get("status")
+        if status in ("failed", "rejected"):
+            self.flagged += 1
+            self._line(f"block {rec['id']} {status}: {rec.get('message', '')}")
+        bar = ""
+        if total:
+            filled = int(30 * self.done / total)
+            bar = f"[{'#' * filled}{' ' * (30 - filled)}] {self.done}/{total} "
+        text = (f"blocks {bar or f'{self.done} '}"
+                f"{time.perf_counter() - self.start:.0f} s"
+                + (f", {self.flagged} flagged" if self.flagged else ""))
+        if self.tty:
+            print("\r" + text, end="", file=self.stream, flush=True)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def _line(self, text: str) -> None:
+        print(("\r" if self.tty else "") + text, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.tty and self.done:
+            print(file=self.stream, flush=True)
+
+
 def _register(args: argparse.Namespace) -> int:
     from .registration.register import register
 
     options = register_options(args)
     start = time.perf_counter()
 
-    def progress(rec: dict) -> None:
-        if not args.quiet:
-            extra = (f" ncc {rec['ncc_before']:.3f} → {rec['ncc_after']:.3f}"
-                     if rec.get("ncc_after") is not None else "")
-            note = f" ({rec['message']})" if rec.get("message") else ""
-            print(f"block {rec['id']} {rec['status']}{extra} in {rec['seconds']:.1f} s{note}",
-                  flush=True)
-
+    progress = None if args.quiet else BlockProgress()
     result = register(args.fixed, args.moving, args.output,
                       fixed_voxel_size=args.fixed_voxel_size,
                       moving_voxel_size=args.moving_voxel_size, unit=args.unit,
                       overwrite=args.overwrite, progress=progress, **options)
+    if progress is not None:
+        progress.close()
     m = result.coarse.metrics
     print(f"coarse (level {result.coarse.fixed_level}): ncc {m['ncc_before']:.3f} → "
           f"{m['ncc_after']:.3f} in {m['seconds']:.1f} s")
@@ -392,7 +432,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ngffreg {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"ngffreg {args.command}: interrupted; no partial output was kept.", file=sys.stderr)
+        kept = ("; finished blocks are kept in OUT.ome.zarr.partial: run the same command "
+                "again to resume" if args.command == "register" else
+                "; no partial output was kept")
+        print(f"ngffreg {args.command}: interrupted{kept}.", file=sys.stderr)
         return 130
 
 

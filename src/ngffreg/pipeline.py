@@ -17,12 +17,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .blocks import BlockPlan
+from .blocks import BlockPlan, block_shape
+from .image import Grid
 from .registration.coarse import CoarseResult, coarse_register, image_levels
+from .registration.execution import block_client
 from .registration.methods import AntsSyN, block_method
 from .registration.register import (
     RegistrationResult,
     blend_pass,
+    default_workers,
     register,
     run_pass,
     steps_of,
@@ -56,7 +59,7 @@ class ChunkedRegistration:
     def __init__(self, fixed_image_path: Any, moving_image_path: Any, output_dir: Any = None,
                  downsample_factor: float = 4, chunk_size: Any = 128,
                  overlap_fraction: float = 0.25, prefer_dask: bool = True, *,
-                 workers: int = 2, client: Any = None, fine_level: int = 0,
+                 workers: int | None = None, client: Any = None, fine_level: int = 0,
                  method: Any = None, backend: str = "ants",
                  block_levels: Any = None) -> None:
         self.fixed_image_path = fixed_image_path
@@ -122,11 +125,15 @@ class ChunkedRegistration:
             self.perform_coarse_registration()
         method = (block_method(self.method) if self.method is not None
                   else AntsSyN(accuracy=nonlinear_accuracy, nonlinear_type=nonlinear_type))
-        self.plan, self.blocks = run_pass(
-            self.fixed_levels, self.moving_levels, self.fine_level, self.chunk_size,
-            self.overlap_fraction, self.fixed_levels[self.coarse.fixed_level],
-            self.coarse.transform, method, Path(self._work.name), workers=self.workers,
-            client=self.client)
+        workers = self.workers
+        if workers is None:
+            grid = Grid.of(self.fixed_levels[self.fine_level])
+            workers = default_workers(block_shape(self.chunk_size, grid), self.overlap_fraction)
+        with block_client(workers, client=self.client) as cluster:
+            self.plan, self.blocks = run_pass(
+                self.fixed_levels, self.moving_levels, self.fine_level, self.chunk_size,
+                self.overlap_fraction, self.fixed_levels[self.coarse.fixed_level],
+                self.coarse.transform, method, Path(self._work.name), client=cluster)
         return self.blocks
 
     def apply_transforms_and_blend(self, output_path: Any = None, interpolator: str = "linear",

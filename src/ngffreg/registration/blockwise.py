@@ -21,12 +21,14 @@ neighbours. A block without signal is skipped (zero residual: the coarse transfo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import time
 import traceback
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +117,9 @@ def register_block(
             _write_block(Path(work), block, zero, record)
         return record
     field = zero
+    where = _worker()
+    record["worker"] = where[0]
+    _mark_running(work, block.id, where)
     try:
         fixed_block = load(fixed.isel(z=block.slices[0], y=block.slices[1],
                                        x=block.slices[2]))
@@ -163,6 +168,8 @@ def register_block(
     record["seconds"] = time.perf_counter() - t0
     if work is not None:
         _write_block(Path(work), block, field, record)
+        with contextlib.suppress(OSError):
+            _running_path(work, block.id).unlink()
     return record
 
 
@@ -180,6 +187,70 @@ def check_picklable(method: BlockMethod) -> None:
             "module level (not a lambda or a local function), or run with workers=1.") from None
 
 
+def _running_path(work: Path, block_id: int) -> Path:
+    return Path(work) / "blocks" / ".running" / f"b{block_id:06d}"
+
+
+def _worker() -> tuple[str, str]:
+    """The address and id of the dask worker this runs on, or ``("", "")``."""
+    with contextlib.suppress(Exception):
+        from distributed import get_worker
+
+        worker = get_worker()
+        return worker.address, worker.local_directory
+    return "", ""
+
+
+def _mark_running(work: Path | None, block_id: int, where: tuple[str, str]) -> None:
+    """Note when and where a block started (the client enforces ``block_timeout`` from
+    it)."""
+    if work is None:
+        return
+    path = _running_path(work, block_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"start": time.time(), "worker": where[0], "worker_id": where[1],
+                                "pid": os.getpid()}))
+
+
+def _running(work: Path, block_id: int) -> dict[str, Any] | None:
+    try:
+        return json.loads(_running_path(work, block_id).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _still_running(client: Any, mark: dict[str, Any]) -> bool:
+    """Whether the worker that started a block (its running mark) is still there (a
+    restarted worker has the same address but a new local directory)."""
+    info = client.scheduler_info(n_workers=-1)["workers"].get(mark.get("worker"))
+    return info is not None and info.get("local_directory") == mark.get("worker_id")
+
+
+def _flag(work: Path, block: Block, message: str) -> dict[str, Any]:
+    """Write a failed record (zero residual) for a block the client gave up on."""
+    record = {"id": block.id, "index": list(block.index),
+              "core": [list(c) for c in block.core],
+              "region": [list(r) for r in block.region], "foreground": block.foreground,
+              "status": "failed", "message": message, "seconds": None}
+    _write_block(work, block, np.zeros((3, *block.shape), dtype=np.float32), record)
+    with contextlib.suppress(OSError):
+        _running_path(work, block.id).unlink()
+    return record
+
+
+def task_arguments(plan: BlockPlan, fixed: xr.DataArray, moving: xr.DataArray,
+                   initial: Transform, method: BlockMethod, work: Path) -> tuple[Any, ...]:
+    """What every block task carries besides its block: the plan without its block list,
+    images and transform backed by stores (in-memory data is written to ``work/staged``
+    first, see :mod:`~ngffreg.registration.staging`)."""
+    from .staging import persist_transform, stage_image
+
+    staged = Path(work) / "staged"
+    return (replace(plan, blocks=()), stage_image(fixed, staged, f"fixed_l{plan.level}"),
+            stage_image(moving, staged, f"moving_l{plan.level}"),
+            persist_transform(initial, staged, prefix="initial"), method, Path(work))
+
+
 def run_blocks(
     plan: BlockPlan,
     fixed: xr.DataArray,
@@ -188,58 +259,107 @@ def run_blocks(
     method: BlockMethod,
     work: Path,
     *,
-    workers: int = 1,
     client: Any = None,
+    block_timeout: float | None = None,
     progress: Any = None,
 ) -> list[dict[str, Any]]:
     """Register every block of ``plan`` not already finished in ``work``; returns all
-    records in block order.
+    records in block order (read back from ``work``, the source of truth).
 
-    With ``client`` (a ``dask.distributed`` client) the blocks are submitted to its
-    workers; otherwise ``workers`` > 1 uses a pool of that many processes, and 1 runs
-    them here, one after the other.
+    With ``client`` (a ``dask.distributed`` client) the blocks are tasks on its workers:
+    a worker that dies mid-block has its block retried elsewhere (dask's
+    ``allowed-failures``); a block whose worker died every time, or that runs longer than
+    ``block_timeout`` seconds (its worker is then restarted), is flagged failed and filled
+    from its neighbours. Without a client they run here, one after the other.
     """
     work = Path(work)
-    done = {b.id: read_record(work, b.id) for b in plan.blocks}
-    todo = [b for b in plan.blocks if done[b.id] is None]
-    records = {i: r for i, r in done.items() if r is not None}
-    args = (plan, fixed, moving, initial, method, work)
-    if (client is not None or workers > 1) and todo:
-        check_picklable(method)
-    if client is not None:
-        futures = [client.submit(register_block, b, *args, key=f"ngffreg-block-{b.id}",
-                                 pure=False) for b in todo]
-        from dask.distributed import as_completed
+    shutil.rmtree(work / "blocks" / ".running", ignore_errors=True)  # marks of a killed run
+    todo = [b for b in plan.blocks if read_record(work, b.id) is None]
+    if todo:
+        args = task_arguments(plan, fixed, moving, initial, method, work)
+        report = None
+        if progress:
+            def report(rec: dict[str, Any]) -> None:
+                progress({**rec, "of": len(todo), "resumed": len(plan.blocks) - len(todo)})
+        if client is not None:
+            check_picklable(method)
+            _run_on_client(client, todo, args, work, block_timeout, report)
+        else:
+            for b in todo:
+                rec = register_block(b, *args)
+                if report:
+                    report(rec)
+    records = []
+    for b in plan.blocks:
+        rec = read_record(work, b.id)
+        if rec is None:  # pragma: no cover - every path above writes one
+            raise RuntimeError(f"block {b.id} has no record in {work}")
+        records.append(rec)
+    return records
 
-        for fut in as_completed(futures):
-            rec = fut.result()
-            records[rec["id"]] = rec
+
+def _run_on_client(client: Any, todo: list[Block], args: tuple[Any, ...], work: Path,
+                   block_timeout: float | None, progress: Any) -> None:
+    from distributed.scheduler import KilledWorker
+
+    from .execution import ClusterError
+
+    by_key = {}
+    futures = []
+    for b in todo:
+        fut = client.submit(register_block, b, *args, key=f"ngffreg-block-{b.id}-"
+                            f"{uuid.uuid4().hex[:6]}", pure=False, retries=0)
+        by_key[fut.key] = b
+        futures.append(fut)
+    pending = list(futures)
+    while pending:
+        batch = [f for f in pending if f.done()]
+        if not batch:
+            time.sleep(0.25)
+        for fut in batch:
+            pending.remove(fut)
+            block = by_key[fut.key]
+            try:
+                rec = fut.result()
+            except KilledWorker as exc:
+                rec = _flag(work, block, "the worker process died every time it ran this "
+                            f"block (out of memory? {exc})")
+            except Exception as exc:
+                for other in pending:
+                    other.cancel()
+                if isinstance(exc, OSError):  # e.g. the disk is full: the caller says so
+                    raise
+                raise ClusterError(
+                    f"A block task failed on the dask cluster ({type(exc).__name__}: {exc}). "
+                    "The workers need ngffreg installed and must see the inputs and "
+                    f"{work}.") from exc
             if progress:
                 progress(rec)
-    elif workers > 1 and len(todo) > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        ctx = mp.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futs = [pool.submit(register_block, b, *args) for b in todo]
-            for fut in as_completed(futs):
-                rec = fut.result()
-                records[rec["id"]] = rec
+        if block_timeout:
+            now = time.time()
+            for fut in list(pending):
+                block = by_key[fut.key]
+                mark = _running(work, block.id)
+                if fut.done() or mark is None or now - mark["start"] <= block_timeout:
+                    continue
+                if not _still_running(client, mark):  # its worker died: dask retries it
+                    with contextlib.suppress(OSError):
+                        _running_path(work, block.id).unlink()
+                    continue
+                pending.remove(fut)
+                fut.cancel()
+                rec = _flag(work, block, f"timed out: still running after {block_timeout:g} s "
+                            "(block_timeout); its worker was restarted")
+                if mark.get("worker"):
+                    with contextlib.suppress(Exception):
+                        client.restart_workers([mark["worker"]], timeout=60)
                 if progress:
                     progress(rec)
-    else:
-        for b in todo:
-            rec = register_block(b, *args)
-            records[rec["id"]] = rec
-            if progress:
-                progress(rec)
-    return [records[b.id] for b in plan.blocks]
 
 
 def block_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One flat row per block for the QC table."""
     keys = ("id", "index", "status", "foreground", "ncc_before", "ncc_after", "jacobian_min",
-            "jacobian_max", "displacement_max", "seconds", "message")
+            "jacobian_max", "displacement_max", "seconds", "worker", "message")
     return [{k: r.get(k) for k in keys} for r in records]
 

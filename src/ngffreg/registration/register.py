@@ -19,10 +19,15 @@ a rerun with the same parameters are not registered again.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import hashlib
 import json
+import os
 import shutil
+import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +45,7 @@ from ..warp import choose_moving_level, interpolation_order
 from . import ants_backend
 from .blockwise import block_table, check_picklable, run_blocks
 from .coarse import CoarseResult, coarse_register, elastix_kinds, image_levels, pick_level
+from .execution import block_client, plan_resources
 from .methods import AntsSyN, block_method
 from .reduce import blend
 
@@ -71,24 +77,32 @@ def _params_key(params: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _prepare_work(output: Path, params: dict[str, Any], overwrite: bool) -> Path:
-    """The ``.partial`` folder of a run; kept when its parameters match (resume), else
-    started afresh."""
+def _prepare_work(output: Path, params: dict[str, Any], overwrite: bool) -> tuple[Path, Any]:
+    """The ``.partial`` folder of a run, locked for it (see :func:`_lock`); what is in it
+    is kept when its parameters match (resume), else removed: results of other parameters
+    are never mixed in."""
     if output.exists() and not overwrite:
         raise OutputError(f"{output} exists; pass overwrite=True (--overwrite) to replace it.")
     work = output.parent / (output.name + ".partial")
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"Cannot create {work}: {exc}") from None
+    lock = _lock(work, output)
     key = _params_key(params)
     stamp = work / "params.json"
-    if work.exists():
-        try:
-            old = json.loads(stamp.read_text())
-        except (OSError, ValueError):
-            old = {}
-        if old.get("key") != key:
-            shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps({"key": key, "params": params}, indent=1, default=str))
-    return work
+    try:
+        old = json.loads(stamp.read_text())
+    except (OSError, ValueError):
+        old = {}
+    if old.get("key") != key:
+        for entry in work.iterdir():
+            if entry.name != ".lock":
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    tmp = work / "params.json.tmp"
+    tmp.write_text(json.dumps({"key": key, "params": params}, indent=1, default=str))
+    os.replace(tmp, stamp)
+    return work, lock
 
 
 def _passes(fixed_levels: list[xr.DataArray], fine: int, chunk_size: Any,
@@ -151,8 +165,11 @@ def register(
     fixed_voxel_size: Any = None,
     moving_voxel_size: Any = None,
     unit: str | None = None,
-    workers: int = 1,
+    workers: int | None = None,
     client: Any = None,
+    scheduler_address: str | None = None,
+    memory_budget: Any = None,
+    block_timeout: float | None = None,
     overwrite: bool = False,
     export_ants: bool | None = None,
     progress: Any = None,
@@ -203,9 +220,20 @@ def register(
         Masks for the coarse step (any grid; resampled).
     min_foreground
         Blocks with a smaller fraction of foreground voxels are skipped.
-    workers, client
-        Parallel block registrations: a ``dask.distributed`` client, or a pool of
-        ``workers`` processes (1: in this process).
+    workers, client, scheduler_address
+        Where the blocks run (:mod:`~ngffreg.registration.execution`): a
+        ``dask.distributed`` client or the address of a dask scheduler; else a LocalCluster
+        of ``workers`` single-threaded processes (default: as many as the CPUs and the
+        memory allow; 1 runs them in this process).
+    memory_budget
+        Memory for the whole process tree (e.g. ``"8 GiB"``): sets the worker count, the
+        block size (with ``chunk_size="auto"``) and the coarse level
+        (:func:`~ngffreg.registration.execution.plan_resources`); too small for one block
+        is refused with the smallest that would do.
+    block_timeout
+        Seconds one block may take; a block still running then is flagged failed (filled
+        from its neighbours) and its worker restarted. Needs worker processes: with
+        ``workers=1`` a one-worker LocalCluster is started.
     export_ants
         Write ``transforms/`` for ANTs (default: when the fine field is small enough).
     progress
@@ -238,16 +266,39 @@ def register(
         method = AntsSyN(accuracy=fine_accuracy, nonlinear_type=nonlinear_type_fine)
     elif method is not None:
         method = block_method(method)
-    if method is not None and (client is not None or workers > 1):
+    if method is not None and (client is not None or scheduler_address or
+                               (workers is not None and workers > 1)):
         check_picklable(method)
     fi = _fine_level(fixed_levels, fine_level, fine_spacing)
     if not 0 <= overlap_fraction < 1:
         raise InputError(f"overlap_fraction must be in [0, 1); got {overlap_fraction}.")
-    if isinstance(chunk_size, str) and chunk_size == "auto":
+    if block_timeout is not None and not float(block_timeout) > 0:
+        raise InputError(f"block_timeout must be a positive number of seconds; got "
+                         f"{block_timeout!r}.")
+    auto_chunk = isinstance(chunk_size, str) and chunk_size == "auto"
+    resources = None
+    if memory_budget is not None and auto_chunk:
+        resources = plan_resources(memory_budget, workers=workers,
+                                   overlap_fraction=overlap_fraction)
+        chunk_size = resources.chunk_size
+    elif auto_chunk:
         chunk_size = auto_block_size(block_memory, overlap_fraction)
     passes = _passes(fixed_levels, fi, chunk_size, block_levels)
-    for level, size in passes:  # a bad chunk size fails before any work
-        block_shape(size, Grid.of(fixed_levels[level]))
+    largest = max((block_shape(size, Grid.of(fixed_levels[level])) for level, size in passes),
+                  key=lambda shape: int(np.prod(shape)))  # a bad chunk size fails here
+    if memory_budget is not None and resources is None:
+        resources = plan_resources(memory_budget, workers=workers, chunk_size=largest,
+                                   overlap_fraction=overlap_fraction)
+    n_workers = (resources.workers if resources is not None else
+                 workers if workers is not None else default_workers(largest, overlap_fraction))
+    if (workers is None and n_workers > 1 and method is not None and client is None
+            and not scheduler_address and not _picklable(method)):
+        n_workers = 1  # a lambda or local function runs here rather than failing
+    if resources is not None and coarse_memory_budget is None and coarse_level is None:
+        coarse_level = max(
+            pick_level(fixed_levels, downsample_factor=downsample_factor,
+                       target_spacing=coarse_spacing),
+            pick_level(fixed_levels, memory_budget=resources.coarse_memory))
     params = {
         "fixed": str(fixed) if isinstance(fixed, (str, Path)) else "in-memory",
         "moving": str(moving) if isinstance(moving, (str, Path)) else "in-memory",
@@ -261,88 +312,225 @@ def register(
         "coarse_accuracy": coarse_accuracy, "fine_accuracy": fine_accuracy,
         "method": repr(method), "min_foreground": min_foreground, "backend": backend,
     }
+    log = _logger(progress)
+    if resources is not None:
+        log(resources.describe())
     timings: dict[str, float] = {}
     tmp_holder = None
     if output is not None:
         output = Path(output).expanduser().resolve()
-        work = _prepare_work(output, params, overwrite)
+        work, lock = _prepare_work(output, params, overwrite)
     else:
+        lock = None
         import tempfile
 
         tmp_holder = tempfile.TemporaryDirectory(prefix="ngffreg-register-")
         work = Path(tmp_holder.name)
 
-    # 1. coarse -------------------------------------------------------------------
-    t0 = time.perf_counter()
-    coarse = coarse_register(
-        fixed_levels, moving_levels, linear_type=linear_type,
-        nonlinear_type=nonlinear_type_coarse, linear_accuracy=linear_accuracy,
-        nonlinear_accuracy=coarse_accuracy, downsample_factor=downsample_factor,
-        target_spacing=coarse_spacing, memory_budget=coarse_memory_budget, level=coarse_level,
-        fixed_mask=fixed_mask, moving_mask=moving_mask, backend=backend)
-    timings["coarse_s"] = time.perf_counter() - t0
+    stack = contextlib.ExitStack()
+    try:
+        if scheduler_address and client is None and method is not None:
+            # reach the cluster before any work: a wrong address fails in seconds
+            client = stack.enter_context(block_client(1, address=scheduler_address, log=log))
+        # 1. coarse -------------------------------------------------------------------
+        t0 = time.perf_counter()
+        coarse = _load_coarse(work)
+        if coarse is None:
+            coarse = coarse_register(
+                fixed_levels, moving_levels, linear_type=linear_type,
+                nonlinear_type=nonlinear_type_coarse, linear_accuracy=linear_accuracy,
+                nonlinear_accuracy=coarse_accuracy, downsample_factor=downsample_factor,
+                target_spacing=coarse_spacing, memory_budget=coarse_memory_budget,
+                level=coarse_level, fixed_mask=fixed_mask, moving_mask=moving_mask,
+                backend=backend)
+            coarse = _save_coarse(coarse, work)
+        timings["coarse_s"] = time.perf_counter() - t0
 
-    # 2-3. blocks and blend, pass by pass (coarse level to fine) --------------------------
-    plan = None
-    records: list[dict[str, Any]] = []
-    fine = None
-    fine_report: dict[str, Any] = {}
-    transform: Transform = coarse.transform
-    steps = steps_of(coarse.transform)
-    fine_fields: list[DisplacementField] = []
-    if method is not None:
-        fg_level = fixed_levels[min(coarse.fixed_level, len(fixed_levels) - 1)]
-        for k, (level, size) in enumerate(passes):
-            t0 = time.perf_counter()
-            pass_work = work if len(passes) == 1 else work / f"pass{k}"
-            current = Sequence(transforms=(*fine_fields[::-1], *steps))
-            plan, pass_records = run_pass(
-                fixed_levels, moving_levels, level, size, overlap_fraction, fg_level, current,
-                method, pass_work, min_foreground=min_foreground, workers=workers,
-                client=client, progress=progress)
-            for r in pass_records:
-                r["pass"] = k
-            timings[f"blocks_s{'' if len(passes) == 1 else k}"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            field_k, fine_report = blend_pass(plan, pass_records, pass_work, blend_sigma,
-                                              "fine" if len(passes) == 1 else f"fine{k}")
-            timings[f"blend_s{'' if len(passes) == 1 else k}"] = time.perf_counter() - t0
-            if len(passes) > 1:
-                fine_report["pass"] = k
-            fine_fields.append(field_k)
-            records += pass_records
-        fine = fine_fields[-1]
-        transform = Sequence(transforms=(*fine_fields[::-1], *steps))
+        # 2-3. blocks and blend, pass by pass (coarse level to fine) --------------------------
+        plan = None
+        records: list[dict[str, Any]] = []
+        fine = None
+        fine_report: dict[str, Any] = {}
+        transform: Transform = coarse.transform
+        steps = steps_of(coarse.transform)
+        fine_fields: list[DisplacementField] = []
+        if method is not None:
+            fg_level = fixed_levels[min(coarse.fixed_level, len(fixed_levels) - 1)]
+            cluster = stack.enter_context(block_client(
+                n_workers, client=client, address=scheduler_address,
+                memory_limit=resources.block_memory * 5 // 4 if resources else None,
+                need_cluster=block_timeout is not None, log=log))
+            for k, (level, size) in enumerate(passes):
+                t0 = time.perf_counter()
+                pass_work = work if len(passes) == 1 else work / f"pass{k}"
+                current = Sequence(transforms=(*fine_fields[::-1], *steps))
+                plan, pass_records = run_pass(
+                    fixed_levels, moving_levels, level, size, overlap_fraction, fg_level, current,
+                    method, pass_work, min_foreground=min_foreground, client=cluster,
+                    block_timeout=block_timeout, progress=progress)
+                for r in pass_records:
+                    r["pass"] = k
+                timings[f"blocks_s{'' if len(passes) == 1 else k}"] = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                field_k, fine_report = blend_pass(plan, pass_records, pass_work, blend_sigma,
+                                                  "fine" if len(passes) == 1 else f"fine{k}")
+                timings[f"blend_s{'' if len(passes) == 1 else k}"] = time.perf_counter() - t0
+                if len(passes) > 1:
+                    fine_report["pass"] = k
+                fine_fields.append(field_k)
+                records += pass_records
+            fine = fine_fields[-1]
+            transform = Sequence(transforms=(*fine_fields[::-1], *steps))
+            stack.close()  # the workers give their memory back before the warp
 
-    result = RegistrationResult(transform, coarse, plan, records, None, timings, fine,
-                                fine_report, max(1, len(fine_fields)))
-    result._coarse_images = (fixed_levels[coarse.fixed_level], moving_levels[coarse.moving_level])
-    if output is None:
-        result.timings["total_s"] = time.perf_counter() - t_start
-        result._tmp = tmp_holder  # keeps the block fields alive with the result
+        result = RegistrationResult(transform, coarse, plan, records, None, timings, fine,
+                                    fine_report, max(1, len(fine_fields)))
+        result._coarse_images = (fixed_levels[coarse.fixed_level],
+                                 moving_levels[coarse.moving_level])
+        if output is None:
+            result.timings["total_s"] = time.perf_counter() - t_start
+            result._tmp = tmp_holder  # keeps the block fields alive with the result
+            return result
+
+        # 4. warp and write into ``work``, then publish in one rename ------------------------
+        t0 = time.perf_counter()
+        from ..warp import write_warped
+
+        staged = work / output.name
+        if staged.exists():  # what a killed run left
+            shutil.rmtree(staged)
+        write_warped(moving_levels, transform, staged, like=fixed_levels[0],
+                     interpolator=interpolator, progress=bool(progress))
+        timings["warp_s"] = time.perf_counter() - t0
+        timings["total_s"] = time.perf_counter() - t_start
+        _write_extras(staged, work, result, export_ants)
+        _publish(staged, output)
+        result.output = output
+        # from here on the transform reads its fields from the published store, not ``work``
+        from ..transforms.ngff import read_registration
+
+        stored = read_registration(output)
+        result.transform = stored
+        if fine is not None:
+            steps = getattr(stored, "forward", stored)
+            # the finest pass's field comes first in the sequence
+            result.fine = steps.transforms[0] if isinstance(steps, Sequence) else None
+        shutil.rmtree(work, ignore_errors=True)
         return result
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) and output is not None:
+            raise OutputError(
+                f"The disk is full (or over quota) while writing {output} ({exc.strerror}). "
+                f"Free some space and run the same command again: the blocks finished so "
+                f"far are kept in {work} and will not be registered again; nothing was "
+                f"written to {output}.") from exc
+        raise
+    finally:
+        stack.close()
+        if lock is not None:
+            lock.close()
 
-    # 4. warp and write -----------------------------------------------------------------
-    t0 = time.perf_counter()
-    from ..warp import write_warped
 
-    write_warped(moving_levels, transform, output, like=fixed_levels[0],
-                 interpolator=interpolator, overwrite=overwrite)
-    timings["warp_s"] = time.perf_counter() - t0
-    result.output = output
-    # from here on the transform reads its fields from the published store, not ``work``
-    from ..transforms.ngff import read_registration
+def default_workers(block: Any, overlap_fraction: float = 0.25) -> int:
+    """Block workers when none are asked for: one per CPU, as many as 80 % of the
+    available memory holds (besides the main process)."""
+    import psutil
 
-    stored = read_registration(output)
-    result.transform = stored
-    if fine is not None:
-        steps = getattr(stored, "forward", stored)
-        # the finest pass's field comes first in the sequence
-        result.fine = steps.transforms[0] if isinstance(steps, Sequence) else None
-    timings["total_s"] = time.perf_counter() - t_start
-    _write_extras(output, work, result, export_ants)
-    shutil.rmtree(work, ignore_errors=True)
-    return result
+    from ..blocks import block_bytes
+    from .execution import MAIN_BASE_BYTES
+
+    room = 0.8 * psutil.virtual_memory().available - MAIN_BASE_BYTES
+    fit = int(room // block_bytes(block, overlap_fraction))
+    return max(1, min(os.cpu_count() or 1, fit))
+
+
+def _picklable(method: Any) -> bool:
+    try:
+        check_picklable(method)
+    except InputError:
+        return False
+    return True
+
+
+def _logger(progress: Any) -> Any:
+    if not progress:
+        return lambda message: None
+    return lambda message: print(message, file=sys.stderr, flush=True)
+
+
+def _lock(work: Path, output: Path) -> Any:
+    """Hold ``work/.lock`` for this run (released when the process ends, however it
+    ends); a second run on the same output is refused."""
+    import fcntl
+
+    fh = open(work / ".lock", "a+")  # held (locked) for the whole run
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        holder = fh.read().strip()
+        fh.close()
+        raise OutputError(
+            f"{output} is being written by another run ({holder or 'unknown process'}). "
+            "Wait for it to finish, or stop it; its finished blocks will be reused by the "
+            "next run with the same parameters.") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"pid {os.getpid()} on {socket.gethostname()}")
+    fh.flush()
+    return fh
+
+
+def _load_coarse(work: Path) -> CoarseResult | None:
+    """The coarse result an earlier (killed) run of the same parameters saved."""
+    import pickle
+
+    path = work / "coarse" / "result.pkl"
+    try:
+        with open(path, "rb") as fh:
+            return pickle.load(fh)
+    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError):
+        return None
+
+
+def _save_coarse(coarse: CoarseResult, work: Path) -> CoarseResult:
+    """The coarse result with its fields written to ``work/coarse`` (read lazily, small
+    to send to workers), saved for a rerun."""
+    import dataclasses
+    import pickle
+
+    from .staging import persist_transform
+
+    folder = work / "coarse"
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    coarse = dataclasses.replace(
+        coarse, transform=persist_transform(coarse.transform, folder, "forward"),
+        inverse=(persist_transform(coarse.inverse, folder, "inverse")
+                 if coarse.inverse is not None else None))
+    tmp = folder / "result.pkl.tmp"
+    with open(tmp, "wb") as fh:
+        pickle.dump(coarse, fh)
+    os.replace(tmp, folder / "result.pkl")
+    return coarse
+
+
+def _publish(staged: Path, output: Path) -> None:
+    """Move the finished store into place in one rename (an old one, with overwrite,
+    is renamed aside first and removed after)."""
+    old = None
+    if output.exists():
+        old = output.parent / f".{output.name}.old-{os.getpid()}"
+        os.replace(output, old)
+    try:
+        os.replace(staged, output)
+    except OSError as exc:
+        if old is not None:
+            os.replace(old, output)
+        raise OutputError(f"Could not move the finished result into {output}: {exc}") from exc
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def steps_of(transform: Transform) -> tuple[Transform, ...]:
@@ -353,7 +541,7 @@ def steps_of(transform: Transform) -> tuple[Transform, ...]:
 def run_pass(fixed_levels: list[xr.DataArray], moving_levels: list[xr.DataArray],
              level: int, chunk_size: Any, overlap_fraction: float, foreground: xr.DataArray,
              current: Transform, method: Any, work: Path, *, min_foreground: float = 0.02,
-             workers: int = 1, client: Any = None,
+             client: Any = None, block_timeout: float | None = None,
              progress: Any = None) -> tuple[BlockPlan, list[dict[str, Any]]]:
     """One pass of blocks on fixed level ``level`` (the moving level whose spacing fits),
     registered through ``current``; the plan goes to ``work/plan.json``, the blocks to
@@ -365,8 +553,8 @@ def run_pass(fixed_levels: list[xr.DataArray], moving_levels: list[xr.DataArray]
     plan = plan_blocks(Grid.of(fixed), chunk_size, overlap_fraction, level=level,
                        foreground=foreground, min_foreground=min_foreground)
     (work / "plan.json").write_text(json.dumps(plan.to_dict()))
-    records = run_blocks(plan, fixed, moving, current, method, work, workers=workers,
-                         client=client, progress=progress)
+    records = run_blocks(plan, fixed, moving, current, method, work, client=client,
+                         block_timeout=block_timeout, progress=progress)
     return plan, records
 
 

@@ -1,0 +1,203 @@
+"""Where block registrations run, and within what memory.
+
+- **In this process** (``workers=1``, no time limit): one block after the other.
+- **A LocalCluster** (``workers`` > 1, or a ``block_timeout``): that many worker processes
+  with one thread each (ITK, BLAS and numba told to use one thread too), started for the
+  block passes and closed before the warp so their memory is given back. The workers
+  exit on their own when the process that started them dies (a killed run leaves no
+  orphans behind).
+- **Any dask cluster**: ``client=`` (a ``dask.distributed.Client``) or a scheduler
+  address (``tcp://host:8786``); the workers must have ngffreg installed and see the same
+  paths (inputs and ``OUT.ome.zarr.partial``). The dashboard address is printed.
+
+:func:`plan_resources` turns one memory budget for the whole process tree into a worker
+count, a block size and the coarse step's share.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..blocks import BLOCK_BASE_BYTES, auto_block_size, block_bytes
+from ..errors import InputError, NgffregError
+
+#: Environment of LocalCluster workers: one thread per library, the worker being the unit
+#: of parallelism (and ANTs giving the same result run after run).
+WORKER_ENV = {
+    "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "NUMBA_NUM_THREADS": "1",
+}
+#: Memory of the main process while the blocks run (Python with ANTs, ITK and dask loaded,
+#: the plan, the coarse result held lazily), measured on the brain benchmark.
+MAIN_BASE_BYTES = 700 * 2**20
+#: The main process's share of a budget during the coarse step (the workers are not yet
+#: started then; what ANTs held is mostly given back before they start).
+COARSE_SHARE = 0.5
+#: The largest block core the memory budget picks by itself (voxels per axis): bigger
+#: blocks only cost more memory per worker for the same work.
+MAX_AUTO_BLOCK = 128
+#: The smallest block core a budget may choose before it asks for more memory.
+MIN_AUTO_BLOCK = 32
+#: Seconds to wait for a scheduler given by address.
+CONNECT_TIMEOUT = 10
+
+
+class ClusterError(NgffregError, RuntimeError):
+    """The dask cluster could not be reached or could not run the block tasks."""
+
+
+def parse_bytes(value: Any) -> int:
+    from dask.utils import parse_bytes as parse
+
+    try:
+        out = parse(value) if isinstance(value, str) else int(value)
+    except (ValueError, TypeError):
+        raise InputError(f"Cannot read {value!r} as a memory size; write e.g. '8 GiB' or "
+                         "a number of bytes.") from None
+    if out <= 0:
+        raise InputError(f"A memory size must be positive; got {value!r}.")
+    return out
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a memory budget allows: ``workers`` block processes of ``block_memory`` bytes
+    each, blocks of ``chunk_size`` (voxels per axis), and ``coarse_memory`` bytes for the
+    coarse step."""
+
+    workers: int
+    block_memory: int
+    chunk_size: Any
+    coarse_memory: int
+    budget: int
+
+    def describe(self) -> str:
+        gib = 2**30
+        return (f"memory budget {self.budget / gib:.1f} GiB: coarse step ≤ "
+                f"{self.coarse_memory / gib:.1f} GiB, {self.workers} block worker(s) of "
+                f"{self.block_memory / gib:.2f} GiB, blocks of {self.chunk_size} voxels")
+
+
+def plan_resources(memory_budget: Any, *, workers: int | None = None,
+                   chunk_size: Any = None, overlap_fraction: float = 0.25,
+                   cpus: int | None = None) -> Resources:
+    """Split ``memory_budget`` (the whole process tree) between the main process and the
+    block workers.
+
+    The main process keeps :data:`MAIN_BASE_BYTES`; each worker needs
+    :func:`ngffreg.blocks.block_bytes` for its block. With ``chunk_size`` ``None`` or
+    ``"auto"`` the block is the largest (≤ :data:`MAX_AUTO_BLOCK`) that lets ``workers``
+    (default: the number of CPUs) run at once, shrinking to :data:`MIN_AUTO_BLOCK` before
+    running fewer workers; an explicit ``chunk_size`` (voxels) fixes the block and the
+    budget sets how many run at once. A budget too small for one block is refused with the
+    smallest that would do.
+    """
+    budget = parse_bytes(memory_budget)
+    cpus = max(1, int(cpus or os.cpu_count() or 1))
+    wanted = max(1, int(workers)) if workers else cpus
+    room = budget - MAIN_BASE_BYTES
+    auto = chunk_size is None or (isinstance(chunk_size, str) and chunk_size == "auto")
+    if auto:
+        smallest = block_bytes(MIN_AUTO_BLOCK, overlap_fraction)
+        n = int(min(wanted, room // smallest)) if room > 0 else 0
+        if n < 1:
+            raise InputError(
+                f"A memory budget of {memory_budget} is too small for one block: the main "
+                f"process needs about {MAIN_BASE_BYTES / 2**20:.0f} MiB and a worker with a "
+                f"{MIN_AUTO_BLOCK}³ block about {smallest / 2**20:.0f} MiB. Give at least "
+                f"{(MAIN_BASE_BYTES + smallest) / 2**30:.1f} GiB.")
+        per = int(room // n)
+        side = min(MAX_AUTO_BLOCK, auto_block_size(per, overlap_fraction))
+        per = block_bytes(side, overlap_fraction)
+        size: Any = side
+    else:
+        sides = np.broadcast_to(np.asarray(chunk_size, dtype=np.int64), (3,))
+        per = block_bytes(tuple(int(s) for s in sides), overlap_fraction)
+        n = int(min(wanted, room // per)) if room > 0 else 0
+        if n < 1:
+            raise InputError(
+                f"A memory budget of {memory_budget} is too small for one block of "
+                f"{chunk_size} voxels: the main process needs about "
+                f"{MAIN_BASE_BYTES / 2**20:.0f} MiB and one block worker about "
+                f"{per / 2**20:.0f} MiB. Give at least {(MAIN_BASE_BYTES + per) / 2**30:.1f} "
+                "GiB, or a smaller --chunk-size (or chunk_size='auto').")
+        size = chunk_size
+    coarse = int(max(budget * COARSE_SHARE, budget - n * BLOCK_BASE_BYTES - MAIN_BASE_BYTES))
+    return Resources(workers=n, block_memory=int(per), chunk_size=size,
+                     coarse_memory=min(coarse, budget), budget=budget)
+
+
+def connect(address: str, timeout: float = CONNECT_TIMEOUT) -> Any:
+    """A client of the dask scheduler at ``address``, or a clear error."""
+    from dask.distributed import Client
+
+    try:
+        return Client(address, timeout=f"{timeout}s", set_as_default=False)
+    except (OSError, TimeoutError) as exc:
+        raise ClusterError(
+            f"Could not reach a dask scheduler at {address} within {timeout:.0f} s ({exc}). "
+            "Check the address (tcp://HOST:PORT, as printed by `dask scheduler`), that the "
+            "scheduler is running and that this machine can reach it; or leave "
+            "--scheduler-address out to run on a local cluster.") from None
+
+
+@contextlib.contextmanager
+def block_client(workers: int, *, client: Any = None, address: str | None = None,
+                 memory_limit: int | None = None, need_cluster: bool = False,
+                 log: Any = None) -> Iterator[Any]:
+    """The client the blocks run on: ``client`` as given, one connected to ``address``,
+    a LocalCluster of ``workers`` single-threaded processes (when ``workers`` > 1 or
+    ``need_cluster``), or ``None`` (run here). Clusters opened here are closed on exit."""
+    if client is not None:
+        _announce(client, log)
+        yield client
+        return
+    if address:
+        c = connect(address)
+        try:
+            _announce(c, log)
+            yield c
+        finally:
+            c.close()
+        return
+    if workers <= 1 and not need_cluster:
+        yield None
+        return
+    from dask.distributed import Client, LocalCluster
+
+    with contextlib.ExitStack() as stack:
+        cluster = stack.enter_context(LocalCluster(
+            n_workers=max(1, workers), threads_per_worker=1, processes=True,
+            memory_limit=memory_limit or 0, dashboard_address=":0", env=dict(WORKER_ENV),
+            host="127.0.0.1", silence_logs=40))
+        c = stack.enter_context(Client(cluster, set_as_default=False))
+        from .worker_plugin import ParentWatch
+
+        c.register_plugin(ParentWatch(os.getpid()))
+        _announce(c, log)
+        yield c
+
+
+def _announce(client: Any, log: Any) -> None:
+    link = None
+    with contextlib.suppress(Exception):
+        link = client.dashboard_link
+    n = len(client.scheduler_info().get("workers", {}))
+    msg = f"dask: {n} worker(s) at {client.scheduler.address}"
+    if link:
+        msg += f"; dashboard {link}"
+    (log or (lambda m: print(m, file=sys.stderr, flush=True)))(msg)
+
+
+__all__ = ["ClusterError", "Resources", "block_client", "connect",
+           "plan_resources"]

@@ -1,0 +1,354 @@
+"""Scale and resilience (issue 6) on real processes: a dask scheduler and workers started
+from the command line, runs killed with SIGKILL and resumed, workers that die, blocks that
+hang, a full disk, a second run on the same output, a scheduler that does not answer.
+
+Every run registers greedy phantom01 on its 4 mm level in eight 16-voxel blocks (ANTs SyN,
+low accuracy), so a run takes seconds; ITK runs one thread per process everywhere so that
+runs are reproducible bit for bit and can be compared.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ngffreg.errors import InputError, OutputError
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1", "OMP_NUM_THREADS": "1",
+       "PYTHONUNBUFFERED": "1"}
+#: The registration every test here runs (CLI options).
+OPTIONS = ["--linear-type", "Translation", "--nonlinear-type-coarse", "none",
+           "--linear-accuracy", "low", "--downsample-factor", "4", "--fine-level", "2",
+           "--chunk-size", "16", "--fine-accuracy", "low", "--min-foreground", "0"]
+
+pytestmark = pytest.mark.slow
+
+
+def _pair(data_dir: Path) -> list[str]:
+    d = data_dir / "greedy"
+    return [str(d / "phantom01_fixed.nii.gz"), str(d / "phantom01_moving.nii.gz")]
+
+
+def _command(data_dir: Path, out: Path, *extra: str) -> list[str]:
+    return [str(BIN / "ngffreg"), "register", *_pair(data_dir), "-o", str(out), *OPTIONS,
+            *extra]
+
+
+def _run(cmd: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def _content(out: Path) -> dict[str, np.ndarray]:
+    """What must not depend on how a run was executed: the registered image and the
+    fixed → moving map at the fixed grid points."""
+    from ngffreg.image import Grid
+    from ngffreg.io.read import open_image
+    from ngffreg.transforms.ngff import read_registration
+
+    registered = open_image(out)
+    image = np.asarray(registered.values)
+    grid = Grid.of(registered)
+    points = grid.points()[::37]
+    return {"image": image, "mapped": read_registration(out).apply(points)}
+
+
+def _assert_same(a: Path, b: Path) -> None:
+    ca, cb = _content(a), _content(b)
+    np.testing.assert_allclose(ca["mapped"], cb["mapped"], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(ca["image"], cb["image"], rtol=0,
+                               atol=1e-5 * float(np.ptp(ca["image"])))
+    blocks = sorted(p.name for p in (b / "blocks").glob("b*"))
+    assert blocks == sorted(p.name for p in (a / "blocks").glob("b*")) and len(blocks) == 8
+
+
+@pytest.fixture(scope="module")
+def reference(data_dir, tmp_path_factory) -> Path:
+    """An uninterrupted run, blocks in the CLI's own process."""
+    out = tmp_path_factory.mktemp("reference") / "out.ome.zarr"
+    res = _run(_command(data_dir, out, "--workers", "1", "--quiet"))
+    assert res.returncode == 0, res.stderr
+    return out
+
+
+# -- task graph and memory budget ------------------------------------------------------
+
+def test_block_tasks_carry_references_not_volumes(tmp_path):
+    """A 32 MB in-memory image and an in-memory displacement field are written to the work
+    folder once; each block task then pickles to a few kB."""
+    from ngffreg.blocks import plan_blocks
+    from ngffreg.image import Grid, make_image
+    from ngffreg.registration.blockwise import task_arguments
+    from ngffreg.registration.methods import AntsSyN
+    from ngffreg.registration.staging import pickled_size
+    from ngffreg.transforms.model import Affine, DisplacementField, Sequence
+
+    rng = np.random.default_rng(0)
+    image = make_image(rng.random((200, 200, 200), dtype=np.float32), spacing=(2, 1, 1),
+                       unit="micrometer")
+    field = DisplacementField.from_array(rng.random((3, 50, 50, 50)), spacing=(8, 4, 4),
+                                         unit="micrometer")
+    initial = Sequence(transforms=(field, Affine(matrix=np.eye(4))))
+    plan = plan_blocks(Grid.of(image), 32, 0.25)
+    assert pickled_size((plan, image, image, initial)) > 30e6
+    args = task_arguments(plan, image, image, initial, AntsSyN(), tmp_path)
+    size = pickled_size((plan.blocks[0], *args))
+    assert size < 64 * 2**10, f"a block task pickles to {size} bytes"
+    assert (tmp_path / "staged" / "fixed_l0" / "zarr.json").is_file()
+    # the staged data reads back the same
+    np.testing.assert_array_equal(args[1].values[5:9, 7, :], image.values[5:9, 7, :])
+    pts = Grid.of(image).points()[::9973]
+    np.testing.assert_allclose(args[3].apply(pts), initial.apply(pts))
+    # a task is what dask ships: the function, the block and these arguments
+    from ngffreg.registration.blockwise import register_block
+
+    assert len(pickle.dumps((register_block, plan.blocks[-1], *args))) < 64 * 2**10
+
+
+def test_memory_budget_sets_workers_and_block_size():
+    from ngffreg.blocks import block_bytes
+    from ngffreg.registration.execution import MAIN_BASE_BYTES, plan_resources
+
+    big = plan_resources("16 GiB", cpus=4)
+    assert big.workers == 4 and big.chunk_size == 128
+    assert MAIN_BASE_BYTES + big.workers * big.block_memory <= 16 * 2**30
+    small = plan_resources("3 GiB", cpus=4)
+    assert MAIN_BASE_BYTES + small.workers * small.block_memory <= 3 * 2**30
+    assert small.chunk_size < 128 and small.workers >= 1
+    fixed = plan_resources("3 GiB", cpus=8, chunk_size=(64, 64, 64))
+    assert fixed.workers == int((3 * 2**30 - MAIN_BASE_BYTES) // block_bytes(64))
+    with pytest.raises(InputError, match=r"too small for one block.*at least 1\.\d GiB"):
+        plan_resources("1 GiB")
+    with pytest.raises(InputError, match="smaller --chunk-size"):
+        plan_resources("2 GiB", chunk_size=400)
+    with pytest.raises(InputError, match="memory size"):
+        plan_resources("lots")
+
+
+# -- a real dask cluster started from the command line ------------------------------------
+
+@pytest.fixture
+def dask_cluster(tmp_path):
+    """`dask scheduler` and two `dask worker` processes on 127.0.0.1."""
+    from dask.distributed import Client
+
+    sched_file = tmp_path / "scheduler.json"
+    procs = [subprocess.Popen(
+        [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
+         "--no-dashboard", "--scheduler-file", str(sched_file)],
+        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        for _ in range(300):
+            if sched_file.is_file() and sched_file.stat().st_size:
+                break
+            time.sleep(0.1)
+        for _ in range(2):
+            procs.append(subprocess.Popen(
+                [str(BIN / "dask"), "worker", "--scheduler-file", str(sched_file),
+                 "--nthreads", "1", "--no-dashboard", "--memory-limit", "0"],
+                env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        with Client(scheduler_file=str(sched_file), timeout="60s") as client:
+            client.wait_for_workers(2, timeout=120)
+            address = client.scheduler.address
+            yield address, client
+    finally:
+        for p in procs[::-1]:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def test_register_on_a_dask_scheduler_matches_a_local_run(data_dir, tmp_path, reference,
+                                                          dask_cluster):
+    address, client = dask_cluster
+    out = tmp_path / "out.ome.zarr"
+    res = _run(_command(data_dir, out, "--scheduler-address", address))
+    assert res.returncode == 0, res.stderr
+    assert f"at {address}" in res.stderr  # where the blocks ran is said
+    assert "blocks [" in res.stderr and "8/8" in res.stderr  # the progress bar
+    # the blocks ran on the cluster's workers, not in the CLI's process
+    import csv
+
+    with open(out / "qc" / "blocks.csv") as fh:
+        where = {r["worker"] for r in csv.DictReader(fh)} - {""}
+    assert where and where <= set(client.scheduler_info()["workers"])
+    _assert_same(reference, out)
+
+
+def test_an_unreachable_scheduler_is_a_clear_error(data_dir, tmp_path):
+    out = tmp_path / "out.ome.zarr"
+    start = time.perf_counter()
+    res = _run(_command(data_dir, out, "--scheduler-address", "tcp://127.0.0.1:9"))
+    assert res.returncode == 2
+    assert "Could not reach a dask scheduler at tcp://127.0.0.1:9" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not out.exists()
+    assert time.perf_counter() - start < 60  # refused before the coarse step, not after
+
+
+# -- kill and resume ----------------------------------------------------------------------
+
+def _kill_when(cmd: list[str], ready, timeout: float = 300) -> list[int]:
+    """Start ``cmd``, SIGKILL it once ``ready()`` is true; returns the pids of the process
+    tree it had."""
+    import psutil
+
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    start = time.perf_counter()
+    tree: list[int] = []
+    while not ready():
+        if proc.poll() is not None:
+            raise AssertionError("the run ended before the kill point: "
+                                 + proc.stderr.read().decode()[-2000:])
+        if time.perf_counter() - start > timeout:
+            proc.kill()
+            raise AssertionError("the kill point never came")
+        with_children = psutil.Process(proc.pid).children(recursive=True)
+        tree = sorted({proc.pid, *tree, *(c.pid for c in with_children)})
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return tree
+
+
+def _records(work: Path) -> int:
+    return len(list((work / "blocks").glob("b*/zarr.json")))
+
+
+def test_runs_killed_at_three_points_resume_to_the_same_output(data_dir, tmp_path,
+                                                               reference):
+    import psutil
+
+    out = tmp_path / "out.ome.zarr"
+    work = tmp_path / "out.ome.zarr.partial"
+    cmd = _command(data_dir, out, "--workers", "1", "--quiet")
+    points = {
+        "blocks": lambda: _records(work) >= 3,
+        "blend": lambda: (work / "fine" / "zarr.json").is_file(),
+        "warp": lambda: any(p.name.startswith((out.name, "." + out.name))
+                            for p in work.glob("*out.ome.zarr*")),
+    }
+    killed_after = {}
+    for name, ready in points.items():
+        _kill_when(cmd, ready)
+        assert not out.exists(), f"killed during {name}: a half-written output was published"
+        killed_after[name] = _records(work)
+    assert killed_after["blocks"] >= 3 and killed_after["warp"] == 8
+    # the blocks finished before the last kill are not registered again
+    stamps = {p.parent.name: p.stat().st_mtime_ns for p in (work / "blocks").glob("b*/zarr.json")}
+    res = _run(cmd)
+    assert res.returncode == 0, res.stderr
+    _assert_same(reference, out)
+    after = {p.parent.name: p.stat().st_mtime_ns for p in (out / "blocks").glob("b*/zarr.json")}
+    assert after == stamps
+    assert not work.exists()
+    # a run with worker processes killed mid-blocks leaves no process behind
+    out2 = tmp_path / "out2.ome.zarr"
+    tree = _kill_when(_command(data_dir, out2, "--workers", "2", "--quiet"),
+                      lambda: _records(tmp_path / "out2.ome.zarr.partial") >= 1)
+    deadline = time.time() + 30
+    while time.time() < deadline and any(psutil.pid_exists(p) and psutil.Process(p).status()
+                                         != psutil.STATUS_ZOMBIE for p in tree):
+        time.sleep(0.5)
+    alive = [p for p in tree if psutil.pid_exists(p)
+             and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"processes left behind by the killed run: {alive}"
+    res = _run(_command(data_dir, out2, "--workers", "2", "--quiet"))
+    assert res.returncode == 0, res.stderr
+    _assert_same(reference, out2)
+
+
+def test_changed_parameters_do_not_reuse_blocks(data_dir, tmp_path):
+    out = tmp_path / "out.ome.zarr"
+    work = tmp_path / "out.ome.zarr.partial"
+    _kill_when(_command(data_dir, out, "--workers", "1", "--quiet"),
+               lambda: _records(work) >= 2)
+    stamps = {p.parent.name: p.stat().st_mtime_ns for p in (work / "blocks").glob("b*/zarr.json")}
+    res = _run(_command(data_dir, out, "--workers", "1", "--quiet", "--overlap-fraction",
+                        "0.5"))
+    assert res.returncode == 0, res.stderr
+    after = {p.parent.name: p.stat().st_mtime_ns for p in (out / "blocks").glob("b*/zarr.json")}
+    assert len(after) == 8 and not any(after[k] == v for k, v in stamps.items())
+
+
+def test_a_second_run_on_the_same_output_is_refused(tmp_path):
+    from ngffreg.registration.register import _prepare_work
+
+    out = tmp_path / "out.ome.zarr"
+    _work, lock = _prepare_work(out, {"a": 1}, overwrite=False)
+    try:
+        with pytest.raises(OutputError, match=f"being written by another run .pid {os.getpid()}"):
+            _prepare_work(out, {"a": 2}, overwrite=False)
+        assert (tmp_path / "out.ome.zarr.partial" / "params.json").read_text().count('"a": 1')
+    finally:
+        lock.close()
+    _w, lock2 = _prepare_work(out, {"a": 2}, overwrite=False)  # free again once released
+    lock2.close()
+
+
+# -- faults on worker processes ----------------------------------------------------------
+
+def test_killed_workers_hung_and_failing_blocks(data_dir, tmp_path):
+    """Block 0 kills its worker (retried, then fine), block 1 hangs past the time limit
+    (flagged, its worker restarted), block 2 raises (flagged); the run completes and the QC
+    table names the flagged blocks."""
+    import csv
+
+    from ngffreg.registration.register import register
+    from ngffreg.testing import FaultyMethod
+
+    out = tmp_path / "out.ome.zarr"
+    method = FaultyMethod(str(tmp_path / "markers"), crash_once=(0,), sleep=(1,), fail=(2,))
+    result = register(*_pair(data_dir), out, linear_type="Translation",
+                      nonlinear_type_coarse=None, linear_accuracy="low", downsample_factor=4,
+                      fine_level=2, chunk_size=16, min_foreground=0.0, method=method,
+                      workers=2, block_timeout=15)
+    by_id = {r["id"]: r for r in result.blocks}
+    assert (tmp_path / "markers" / "crashed-0").is_file()  # the worker did die
+    assert by_id[0]["status"] == "ok"
+    assert by_id[1]["status"] == "failed" and "timed out" in by_id[1]["message"]
+    assert by_id[2]["status"] == "failed" and "fails on purpose" in by_id[2]["message"]
+    assert all(by_id[i]["status"] == "ok" for i in range(3, 8))
+    with open(out / "qc" / "blocks.csv") as fh:
+        rows = {int(r["id"]): r for r in csv.DictReader(fh)}
+    assert rows[1]["status"] == "failed" and "timed out" in rows[1]["message"]
+    assert rows[2]["status"] == "failed"
+
+
+def test_a_full_disk_is_a_clear_error_and_keeps_finished_blocks(data_dir, tmp_path, capsys):
+    from ngffreg.cli import main
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=700k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root) to fill a disk")
+    try:
+        out = mnt / "out.ome.zarr"
+        argv = ["register", *_pair(data_dir), "-o", str(out), *OPTIONS, "--workers", "1",
+                "--quiet"]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "disk is full" in err and "run the same command again" in err
+        assert not out.exists()
+        work = mnt / "out.ome.zarr.partial"
+        kept = {p.parent.name: p.stat().st_mtime_ns for p in (work / "blocks").glob("b*/zarr.json")}
+        subprocess.run(["mount", "-o", "remount,size=64m", str(mnt)], check=True)
+        assert main(argv) == 0
+        after = {p.parent.name: p.stat().st_mtime_ns
+                 for p in (out / "blocks").glob("b*/zarr.json")}
+        assert len(after) == 8
+        assert all(after[k] == v for k, v in kept.items())  # nothing finished was lost
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
