@@ -107,31 +107,25 @@ def plan_resources(memory_budget: Any, *, workers: int | None = None,
     wanted = max(1, int(workers)) if workers else cpus
     room = budget - MAIN_BASE_BYTES
     auto = chunk_size is None or (isinstance(chunk_size, str) and chunk_size == "auto")
-    if auto:
-        smallest = block_bytes(MIN_AUTO_BLOCK, overlap_fraction)
-        n = int(min(wanted, room // smallest)) if room > 0 else 0
-        if n < 1:
-            raise InputError(
-                f"A memory budget of {memory_budget} is too small for one block: the main "
-                f"process needs about {MAIN_BASE_BYTES / 2**20:.0f} MiB and a worker with a "
-                f"{MIN_AUTO_BLOCK}³ block about {smallest / 2**20:.0f} MiB. Give at least "
-                f"{(MAIN_BASE_BYTES + smallest) / 2**30:.1f} GiB.")
-        per = int(room // n)
-        side = min(MAX_AUTO_BLOCK, auto_block_size(per, overlap_fraction))
-        per = block_bytes(side, overlap_fraction)
-        size: Any = side
+    if auto:  # the smallest block first: how many workers fit at all
+        per = block_bytes(MIN_AUTO_BLOCK, overlap_fraction)
+        what, advice = f"a worker with a {MIN_AUTO_BLOCK}³ block", ""
     else:
         sides = np.broadcast_to(np.asarray(chunk_size, dtype=np.int64), (3,))
         per = block_bytes(tuple(int(s) for s in sides), overlap_fraction)
-        n = int(min(wanted, room // per)) if room > 0 else 0
-        if n < 1:
-            raise InputError(
-                f"A memory budget of {memory_budget} is too small for one block of "
-                f"{chunk_size} voxels: the main process needs about "
-                f"{MAIN_BASE_BYTES / 2**20:.0f} MiB and one block worker about "
-                f"{per / 2**20:.0f} MiB. Give at least {(MAIN_BASE_BYTES + per) / 2**30:.1f} "
-                "GiB, or a smaller --chunk-size (or chunk_size='auto').")
-        size = chunk_size
+        what = f"a worker with a block of {chunk_size} voxels"
+        advice = ", or a smaller --chunk-size (or chunk_size='auto')"
+    n = int(min(wanted, room // per)) if room > 0 else 0
+    if n < 1:
+        raise InputError(
+            f"A memory budget of {memory_budget} is too small for one block: the main "
+            f"process needs about {MAIN_BASE_BYTES / 2**20:.0f} MiB and {what} about "
+            f"{per / 2**20:.0f} MiB. Give at least {(MAIN_BASE_BYTES + per) / 2**30:.1f} "
+            f"GiB{advice}.")
+    size: Any = chunk_size
+    if auto:  # then the largest block those workers can share the room with
+        size = min(MAX_AUTO_BLOCK, auto_block_size(room // n, overlap_fraction))
+        per = block_bytes(size, overlap_fraction)
     coarse = int(max(budget * COARSE_SHARE, budget - n * BLOCK_BASE_BYTES - MAIN_BASE_BYTES))
     return Resources(workers=n, block_memory=int(per), chunk_size=size,
                      coarse_memory=min(coarse, budget), budget=budget)
