@@ -266,7 +266,9 @@ def run_blocks(
     """Register every block of ``plan`` not already finished in ``work``; returns all
     records in block order (read back from ``work``, the source of truth).
 
-    With ``client`` (a ``dask.distributed`` client) the blocks are tasks on its workers:
+    With ``client`` (a ``dask.distributed`` client, or an
+    :class:`~ngffreg.registration.execution.OnDemandCluster`) the blocks are tasks on its
+    workers:
     a worker that dies mid-block has its block retried elsewhere (dask's
     ``allowed-failures``); a block whose worker died every time, or that runs longer than
     ``block_timeout`` seconds (its worker is then restarted), is flagged failed and filled
@@ -281,6 +283,8 @@ def run_blocks(
         if progress:
             def report(rec: dict[str, Any]) -> None:
                 progress({**rec, "of": len(todo), "resumed": len(plan.blocks) - len(todo)})
+        if hasattr(client, "for_blocks"):  # a LocalCluster started now, if worth it
+            client = client.for_blocks(len(todo))
         if client is not None:
             check_picklable(method)
             _run_on_client(client, todo, args, work, block_timeout, report)

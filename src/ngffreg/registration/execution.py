@@ -145,13 +145,52 @@ def connect(address: str, timeout: float = CONNECT_TIMEOUT) -> Any:
             "--scheduler-address out to run on a local cluster.") from None
 
 
+class OnDemandCluster:
+    """A LocalCluster started on first use, with no more workers than blocks to run:
+    :meth:`for_blocks` gives the client for ``n`` blocks (``None``: run them here), and
+    :meth:`close` stops what was started."""
+
+    def __init__(self, workers: int, *, memory_limit: int | None = None,
+                 need_cluster: bool = False, log: Any = None) -> None:
+        self.workers = max(1, int(workers))
+        self.memory_limit = memory_limit
+        self.need_cluster = need_cluster
+        self.log = log
+        self._stack = contextlib.ExitStack()
+        self._client: Any = None
+
+    def for_blocks(self, n: int) -> Any:
+        if self._client is not None:
+            return self._client
+        workers = min(self.workers, max(1, n))
+        if workers <= 1 and not self.need_cluster:
+            return None
+        from dask.distributed import Client, LocalCluster
+
+        from .worker_plugin import ParentWatch
+
+        cluster = self._stack.enter_context(LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True,
+            memory_limit=self.memory_limit or 0, dashboard_address=":0",
+            env=dict(WORKER_ENV), host="127.0.0.1", silence_logs=40))
+        self._client = self._stack.enter_context(Client(cluster, set_as_default=False))
+        self._client.register_plugin(ParentWatch(os.getpid()))
+        _announce(self._client, self.log)
+        return self._client
+
+    def close(self) -> None:
+        self._client = None
+        self._stack.close()
+
+
 @contextlib.contextmanager
 def block_client(workers: int, *, client: Any = None, address: str | None = None,
                  memory_limit: int | None = None, need_cluster: bool = False,
                  log: Any = None) -> Iterator[Any]:
-    """The client the blocks run on: ``client`` as given, one connected to ``address``,
-    a LocalCluster of ``workers`` single-threaded processes (when ``workers`` > 1 or
-    ``need_cluster``), or ``None`` (run here). Clusters opened here are closed on exit."""
+    """What the blocks run on: ``client`` as given, a client connected to ``address``,
+    or an :class:`OnDemandCluster` of at most ``workers`` single-threaded processes
+    (started only when there are blocks to run: more than one, or ``need_cluster``).
+    Connections and clusters opened here are closed on exit."""
     if client is not None:
         _announce(client, log)
         yield client
@@ -164,22 +203,12 @@ def block_client(workers: int, *, client: Any = None, address: str | None = None
         finally:
             c.close()
         return
-    if workers <= 1 and not need_cluster:
-        yield None
-        return
-    from dask.distributed import Client, LocalCluster
-
-    with contextlib.ExitStack() as stack:
-        cluster = stack.enter_context(LocalCluster(
-            n_workers=max(1, workers), threads_per_worker=1, processes=True,
-            memory_limit=memory_limit or 0, dashboard_address=":0", env=dict(WORKER_ENV),
-            host="127.0.0.1", silence_logs=40))
-        c = stack.enter_context(Client(cluster, set_as_default=False))
-        from .worker_plugin import ParentWatch
-
-        c.register_plugin(ParentWatch(os.getpid()))
-        _announce(c, log)
-        yield c
+    cluster = OnDemandCluster(workers, memory_limit=memory_limit, need_cluster=need_cluster,
+                              log=log)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
 
 
 def _announce(client: Any, log: Any) -> None:
@@ -193,5 +222,5 @@ def _announce(client: Any, log: Any) -> None:
     (log or (lambda m: print(m, file=sys.stderr, flush=True)))(msg)
 
 
-__all__ = ["ClusterError", "Resources", "block_client", "connect",
+__all__ = ["ClusterError", "OnDemandCluster", "Resources", "block_client", "connect",
            "plan_resources"]
