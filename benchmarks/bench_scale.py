@@ -167,7 +167,7 @@ def run_case(folder: Path, out: Path, chunk: int, accuracy: str, workers: int,
     import numpy as np
 
     from ngffreg.registration.register import register
-    from ngffreg.transforms.model import DisplacementField
+    from ngffreg.transforms.model import DisplacementField, Sequence
 
     meta = json.loads((folder / "case.json").read_text())
     truth_npz = np.load(folder / "truth.npz")
@@ -196,11 +196,19 @@ def run_case(folder: Path, out: Path, chunk: int, accuracy: str, workers: int,
         med, p95 = float(np.median(err)), float(np.percentile(err, 95))
         return {"median_um": med, "p95_um": p95, "median_vox": med / vox, "p95_vox": p95 / vox}
 
-    before, coarse, final = stats(pts), stats(r.coarse.transform.apply(pts)), \
+    # the coarse part of the stored registration [fine field(s), coarse field, affine]:
+    # ``r.coarse.transform`` may read its field from OUT.partial, gone once register()
+    # returns (it then reads as zeros)
+    stored = getattr(r.transform, "forward", r.transform)
+    steps = stored.transforms if isinstance(stored, Sequence) else (stored,)
+    coarse_t = Sequence(transforms=steps[r.n_fine:]) if r.fine is not None else stored
+    before, coarse, final = stats(pts), stats(coarse_t.apply(pts)), \
         stats(r.transform.apply(pts))
     statuses: dict[str, int] = {}
     for b in r.blocks:
         statuses[b["status"]] = statuses.get(b["status"], 0) + 1
+    flagged = [{"id": b["id"], "status": b["status"], "message": str(b.get("message"))[:300]}
+               for b in r.blocks if b["status"] not in ("ok", "skipped")]
     result = {
         "register_s": seconds, "timings": r.timings, "tre_s": time.perf_counter() - t,
         "tre_points": len(pts), "tre_level": tre_level, "tre_level_shape": tre_shape,
@@ -209,7 +217,7 @@ def run_case(folder: Path, out: Path, chunk: int, accuracy: str, workers: int,
         "tre_before": before, "tre_coarse": coarse,
         "coarse_level": r.coarse.fixed_level,
         "coarse_shape": r.coarse.metrics.get("fixed_shape"),
-        "blocks": len(r.blocks), "block_status": statuses,
+        "blocks": len(r.blocks), "block_status": statuses, "flagged_blocks": flagged,
         "plan_block_size": list(r.plan.size) if r.plan is not None else None,
         "memory_budget_passed": bool(budget and accepts_budget),
         "register_accepts_memory_budget": accepts_budget,
@@ -365,7 +373,7 @@ def code_version() -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true",
-                   help="base level 2 and factors 1, 8 (+64 with --with-64): minutes")
+                   help="base level 2 and factors 1, 8 (+64 with --with-64); ~15 min on 2 cores")
     p.add_argument("--with-64", action="store_true", help="with --quick: add the 64x case")
     p.add_argument("--base-level", type=int, default=None,
                    help="brain pyramid level of the 1x case (default 0; --quick: 2)")
