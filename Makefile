@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ngffreg-installed
 DEMO   := demo-output
 
-.PHONY: install demo test lint bench-convert bench-points clean
+.PHONY: install demo test docs lint bench-convert bench-points clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	NGFFREG_DATA_DIR=$${NGFFREG_DATA_DIR:-$(abspath ../shared/data)} $(PY) -m pytest -n 2 --dist loadfile
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 	$(VENV)/bin/ruff check src tests benchmarks
+
+# The documentation site (user guide, CLI and API reference, notebooks) into site/;
+# warnings are errors.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
@@ -34,4 +40,4 @@ bench-points: $(STAMP)
 	$(PY) benchmarks/bench_points.py
 
 clean:
-	rm -rf $(DEMO) .pytest_cache
+	rm -rf $(DEMO) .pytest_cache site

@@ -234,6 +234,8 @@ class DataArrayRegAccessor:
         """Lower and upper physical corners (z, y, x) of the box holding every voxel
         centre (:func:`ngffreg.physical_bbox`); add half a voxel for the voxels' extent.
 
+        Examples
+        --------
         >>> import numpy as np, ngffreg
         >>> img = ngffreg.make_image(np.zeros((3, 4, 5)), spacing=1.0, origin=(0, 0, 0),
         ...                          direction=np.diag([1.0, 1.0, -1.0]), unit="mm")
@@ -258,6 +260,8 @@ class DataArrayRegAccessor:
         faces: it is the box's bounding box in the image's own (rotated) frame, which holds
         every voxel centre in the box and some outside it.
 
+        Examples
+        --------
         >>> import numpy as np, ngffreg
         >>> img = ngffreg.make_image(np.arange(60.0).reshape(3, 4, 5), spacing=1.0,
         ...                          direction=np.diag([1.0, 1.0, -1.0]), unit="mm")
@@ -272,6 +276,8 @@ class DataArrayRegAccessor:
         """A lazy multiscale pyramid (:func:`ngffreg.to_pyramid`; keywords ``n_levels``,
         ``min_size``, ``method``, ``chunks``).
 
+        Examples
+        --------
         >>> import numpy as np, ngffreg
         >>> img = ngffreg.make_image(np.ones((8, 8, 8)), spacing=1.0, unit="um")
         >>> pyr = img.reg.to_pyramid(n_levels=2)
@@ -288,6 +294,8 @@ class DataArrayRegAccessor:
         :class:`~ngffreg.registration.register.RegistrationResult`, whose ``transform``
         maps fixed points to moving points.
 
+        Examples
+        --------
         >>> import numpy as np, ngffreg
         >>> from ngffreg.synthetic import synthetic_volume
         >>> fixed = synthetic_volume((32, 32, 32), spacing=(1.0, 1.0, 1.0),
@@ -310,6 +318,8 @@ class DataArrayRegAccessor:
         registration result or an output store path; ``like`` an image, a pyramid (its level
         0) or an :class:`ngffreg.image.Grid`.
 
+        Examples
+        --------
         >>> import numpy as np, ngffreg
         >>> from ngffreg.transforms import Translation
         >>> img = ngffreg.make_image(np.arange(27.0).reshape(3, 3, 3), spacing=1.0, unit="mm")
@@ -336,6 +346,8 @@ class DataArrayRegAccessor:
         the version is 0.6 and the image's coordinate system is ``"fixed"`` (override with
         ``coordinate_system=``). Returns the store's path.
 
+        Examples
+        --------
         >>> import tempfile, numpy as np, ngffreg
         >>> from ngffreg.transforms import Translation, read_registration
         >>> img = ngffreg.make_image(np.ones((4, 4, 4), "uint8"), spacing=2.0, unit="um")
@@ -356,6 +368,8 @@ class DataArrayRegAccessor:
         ``fields``, ``figure``). Loads this image and the resampled moving image: call it on
         a coarse level, or on the pyramid (``pyramid.reg.qc`` picks a level).
 
+        Examples
+        --------
         >>> import numpy as np, ngffreg
         >>> from ngffreg.transforms import Translation
         >>> fixed = ngffreg.make_image(np.random.default_rng(0).random((8, 8, 8)),
@@ -391,6 +405,8 @@ class DataTreeRegAccessor:
         the finest with at most ``max_voxels`` voxels, or the finest that fits
         ``memory_budget`` (bytes or e.g. ``"2 GiB"``). Give exactly one.
 
+        Examples
+        --------
         >>> import numpy as np, ngffreg
         >>> pyr = ngffreg.make_image(np.ones((16, 16, 16)), spacing=1.0,
         ...                          unit="um").reg.to_pyramid(n_levels=3)

@@ -158,4 +158,5 @@ class ChunkedRegistration:
             return Path(output_path)
         if self.output_dir is None:
             raise ValueError("Give output_path, or output_dir when creating the pipeline.")
+        self.output_dir.mkdir(parents=True, exist_ok=True)
         return self.output_dir / "registered.ome.zarr"

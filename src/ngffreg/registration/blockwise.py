@@ -92,7 +92,17 @@ def _core_mask(block: Block) -> tuple[slice, slice, slice]:
                  for (c0, c1), (r0, _) in zip(block.core, block.region, strict=True))
 
 
-def register_block(
+def register_block(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Register one block (see :func:`_register_block`). Every dask computation inside
+    runs here, on the calling thread: a block task on a cluster worker must not send work
+    back to the cluster (a restarted worker would fail the other workers' blocks)."""
+    import dask
+
+    with dask.config.set(scheduler="synchronous"):
+        return _register_block(*args, **kwargs)
+
+
+def _register_block(
     block: Block,
     plan: BlockPlan,
     fixed: xr.DataArray,
@@ -304,10 +314,6 @@ def run_blocks(
 
 def _run_on_client(client: Any, todo: list[Block], args: tuple[Any, ...], work: Path,
                    block_timeout: float | None, progress: Any) -> None:
-    from distributed.scheduler import KilledWorker
-
-    from .execution import ClusterError
-
     by_key = {}
     futures = []
     for b in todo:
@@ -316,6 +322,19 @@ def _run_on_client(client: Any, todo: list[Block], args: tuple[Any, ...], work: 
         by_key[fut.key] = b
         futures.append(fut)
     pending = list(futures)
+    try:
+        _collect(client, pending, by_key, work, block_timeout, progress)
+    finally:  # stopped early (an error, Ctrl-C): nothing keeps running for this call
+        for fut in pending:
+            fut.cancel()
+
+
+def _collect(client: Any, pending: list[Any], by_key: dict[str, Block], work: Path,
+             block_timeout: float | None, progress: Any) -> None:
+    from distributed.scheduler import KilledWorker
+
+    from .execution import ClusterError
+
     while pending:
         batch = [f for f in pending if f.done()]
         if not batch:
@@ -329,8 +348,6 @@ def _run_on_client(client: Any, todo: list[Block], args: tuple[Any, ...], work: 
                 rec = _flag(work, block, "the worker process died every time it ran this "
                             f"block (out of memory? {exc})")
             except Exception as exc:
-                for other in pending:
-                    other.cancel()
                 if isinstance(exc, OSError):  # e.g. the disk is full: the caller says so
                     raise
                 raise ClusterError(
