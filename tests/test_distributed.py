@@ -183,6 +183,9 @@ def test_register_on_a_dask_scheduler_matches_a_local_run(data_dir, tmp_path, re
     with open(out / "qc" / "blocks.csv") as fh:
         where = {r["worker"] for r in csv.DictReader(fh)} - {""}
     assert where and where <= set(client.scheduler_info()["workers"])
+    # the block tasks were the only tasks: a block never sends work back to the cluster
+    prefixes = client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.task_prefixes))
+    assert prefixes and all(p.startswith("ngffreg-block") for p in prefixes), prefixes
     _assert_same(reference, out)
 
 
