@@ -290,3 +290,23 @@ def test_an_interrupted_run_resumes_from_its_finished_blocks(data_dir, tmp_path,
     assert out.is_dir() and not partial.exists()
     kept = {b.name: (b / "zarr.json").stat().st_mtime_ns for b in (out / "blocks").glob("b*")}
     assert kept == first
+
+
+@pytest.mark.slow
+def test_the_coarse_result_outlives_the_work_folder(data_dir, tmp_path):
+    """After ``register`` returns, ``result.coarse`` reads from the published store (or
+    memory), not from the deleted ``OUT.ome.zarr.partial``."""
+    from ngffreg.transforms.model import DisplacementField
+
+    d = data_dir / "greedy"
+    out = tmp_path / "out.ome.zarr"
+    result = register(d / "phantom01_fixed.nii.gz", d / "phantom01_moving.nii.gz", out,
+                      linear_type="Rigid", nonlinear_type_coarse="SyN", linear_accuracy="low",
+                      coarse_accuracy="low", downsample_factor=4, nonlinear_type_fine=None)
+    assert not (tmp_path / "out.ome.zarr.partial").exists()
+    fields = [s for s in result.coarse.transform.transforms if isinstance(s, DisplacementField)]
+    assert fields and float(np.abs(fields[0].field.values).max()) > 0.1
+    pts = _mask_points(data_dir)[::50]
+    np.testing.assert_allclose(result.coarse.transform.apply(pts), result.transform.apply(pts))
+    back = result.coarse.inverse.apply(result.coarse.transform.apply(pts))
+    assert np.median(np.linalg.norm(back - pts, axis=1)) < 0.2

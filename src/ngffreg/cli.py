@@ -136,6 +136,19 @@ def _parser() -> argparse.ArgumentParser:
         "the target registration error against the truth.")
     demo.add_argument("--output", type=Path, default=Path("demo-output"))
     demo.add_argument("--workers", type=int, default=2, help="block processes (default 2)")
+
+    qc = sub.add_parser(
+        "qc", help="render the QC report of a registration output",
+        description="Render (or refresh) the QC report of OUT.ome.zarr into OUT.ome.zarr/qc/: "
+        "before/after overlays and checkerboards on three orthogonal planes, the per-block "
+        "correlation gain over the block grid, the Jacobian determinant of the fine field, "
+        "and index.html gathering them with the summary and the block table. The inputs are "
+        "re-opened from the paths recorded at registration unless given here.")
+    qc.add_argument("store", type=Path, metavar="OUT.ome.zarr")
+    qc.add_argument("--fixed", type=Path, metavar="PATH",
+                    help="the fixed image (default: the path recorded by register)")
+    qc.add_argument("--moving", type=Path, metavar="PATH",
+                    help="the moving image (default: the path recorded by register)")
     return parser
 
 
@@ -292,6 +305,18 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _qc(args: argparse.Namespace) -> int:
+    from .errors import InputNotFoundError
+    from .qc_report import write_report
+
+    for role in ("fixed", "moving"):
+        path = getattr(args, role)
+        if path is not None and not path.exists():
+            raise InputNotFoundError(f"--{role} {path}: no such file or folder.")
+    print(write_report(args.store, fixed=args.fixed, moving=args.moving))
+    return 0
+
+
 def _config_value(key: str, value, where: str):
     from .errors import InputError
 
@@ -424,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {
         "convert": _convert, "info": _info, "demo": _demo,
         "transform-points": _transform_points, "warp": _warp, "register": _register,
+        "qc": _qc,
     }
     warnings.showwarning = _show_warning
     try:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import errno
 import hashlib
 import json
@@ -50,8 +51,8 @@ from .methods import AntsSyN, block_method
 from .reduce import blend
 
 #: Fine fields with more voxels than this are not exported as NIfTI for ANTs (ITK would
-#: hold them whole).
-ANTS_EXPORT_MAX_VOXELS = 2**27
+#: hold them whole: 16 M voxels are about 0.4 GiB as float64).
+ANTS_EXPORT_MAX_VOXELS = 2**24
 
 
 @dataclass
@@ -387,6 +388,9 @@ def register(
                                     fine_report, max(1, len(fine_fields)))
         result._coarse_images = (fixed_levels[coarse.fixed_level],
                                  moving_levels[coarse.moving_level])
+        result._levels = (fixed_levels, moving_levels)  # for the QC report
+        result._inputs = {"fixed": _input_record(fixed, fixed_voxel_size, unit),
+                          "moving": _input_record(moving, moving_voxel_size, unit)}
         if output is None:
             result.timings["total_s"] = time.perf_counter() - t_start
             result._tmp = tmp_holder  # keeps the block fields alive with the result
@@ -415,6 +419,14 @@ def register(
             steps = getattr(stored, "forward", stored)
             # the finest pass's field comes first in the sequence
             result.fine = steps.transforms[0] if isinstance(steps, Sequence) else None
+        # the coarse result must not read from ``work`` either: its transform is the tail
+        # of the stored sequence, its inverse (coarse level, small) is held in memory
+        stored_steps = steps_of(getattr(stored, "forward", stored))
+        n_fine = len(fine_fields)
+        result.coarse = dataclasses.replace(
+            coarse, transform=(Sequence(transforms=stored_steps[n_fine:])
+                               if len(stored_steps) - n_fine > 1 else stored_steps[n_fine]),
+            inverse=_in_memory(coarse.inverse))
         shutil.rmtree(work, ignore_errors=True)
         return result
     except OSError as exc:
@@ -442,6 +454,16 @@ def default_workers(block: Any, overlap_fraction: float = 0.25) -> int:
     room = 0.8 * psutil.virtual_memory().available - MAIN_BASE_BYTES
     fit = int(room // block_bytes(block, overlap_fraction))
     return max(1, min(os.cpu_count() or 1, fit))
+
+
+def _in_memory(transform: Transform | None) -> Transform | None:
+    """``transform`` with its displacement fields read into memory."""
+    if isinstance(transform, Sequence):
+        return dataclasses.replace(transform, transforms=tuple(
+            _in_memory(t) for t in transform.transforms))
+    if isinstance(transform, DisplacementField):
+        return transform.compute()
+    return transform
 
 
 def _picklable(method: Any) -> bool:
@@ -496,7 +518,6 @@ def _load_coarse(work: Path) -> CoarseResult | None:
 def _save_coarse(coarse: CoarseResult, work: Path) -> CoarseResult:
     """The coarse result with its fields written to ``work/coarse`` (read lazily, small
     to send to workers), saved for a rerun."""
-    import dataclasses
     import pickle
 
     from .staging import persist_transform
@@ -616,9 +637,10 @@ def _write_extras(output: Path, work: Path, result: RegistrationResult,
     summary = {"coarse": result.coarse.metrics, "coarse_level": result.coarse.fixed_level,
                "blocks": statuses, "timings": result.timings, "fine_field": result.fine_report,
                "flagged": [r["id"] for r in result.blocks
-                           if r["status"] in ("failed", "rejected")]}
-    summary["figures"] = _figures(qc, result)
+                           if r["status"] in ("failed", "rejected")],
+               "inputs": getattr(result, "_inputs", {}), "figures": []}
     (qc / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+    _figures(qc, result)  # the QC report; it lists its figures in summary.json
     fine = result.fine
     if export_ants is None:
         export_ants = fine is None or int(np.prod(fine.grid.shape)) <= ANTS_EXPORT_MAX_VOXELS
@@ -627,21 +649,31 @@ def _write_extras(output: Path, work: Path, result: RegistrationResult,
 
 
 def _figures(qc: Path, result: RegistrationResult) -> list[str]:
-    """``overlay.png``: fixed over moving, before and after, on the coarse level's grid."""
-    from ..qc import overlay_figure
-    from ..transforms.model import Identity
-    from ..warp import warp
+    """The QC report (:func:`ngffreg.qc_report.write_report`) in ``qc/``: ``overlay.png``,
+    ``checkerboard.png``, ``blocks.png``, ``block_layers.png``, ``jacobian.png`` and
+    ``index.html``, from the levels this run registered. A report that fails is a warning
+    (``ngffreg qc OUT`` retries it), never a failed registration."""
+    import warnings
 
-    coarse = getattr(result, "_coarse_images", None)
-    if coarse is None:
+    from ..qc_report import write_report
+
+    fixed, moving = getattr(result, "_levels", (None, None))
+    try:
+        write_report(qc.parent, fixed=fixed, moving=moving)
+    except Exception as exc:
+        warnings.warn(f"The QC report could not be written ({type(exc).__name__}: {exc}); "
+                      f"run `ngffreg qc {qc.parent.name}` to try again.", stacklevel=2)
         return []
-    fixed, moving = coarse
-    before = warp(moving, Identity(), like=fixed).values
-    after = warp(moving, result.transform, like=fixed).values
-    overlay_figure(fixed.values, before, after, qc / "overlay.png",
-                   spacing=spacing(fixed), title="fixed (magenta) over moving (green), "
-                   f"coarse level {result.coarse.fixed_level}")
-    return ["overlay.png"]
+    return json.loads((qc / "summary.json").read_text()).get("figures", [])
+
+
+def _input_record(image: Any, voxel_size: Any, unit: str | None) -> dict[str, Any]:
+    """Where an input came from, for ``ngffreg qc`` to open it again: its path (``None``
+    when it was in memory) and the voxel_size/unit options it was read with."""
+    path = (str(Path(image).expanduser().resolve()) if isinstance(image, (str, os.PathLike))
+            else None)
+    return {"path": path, "voxel_size": None if voxel_size is None else
+            np.asarray(voxel_size, dtype=np.float64).tolist(), "unit": unit}
 
 
 def export_ants_transforms(result: RegistrationResult, folder: Path) -> list[str]:
