@@ -39,5 +39,13 @@ bench-convert: $(STAMP)
 bench-points: $(STAMP)
 	$(PY) benchmarks/bench_points.py
 
+# Side by side with ANTs (and bigstream: BENCH_ARGS="--bigstream-python PATH"); see
+# benchmarks/RESULTS.md. Quick: small levels, ~15 min on 2 cores; full: full resolution.
+bench: $(STAMP)
+	NGFFREG_DATA_DIR=$${NGFFREG_DATA_DIR:-$(abspath ../shared/data)} $(PY) benchmarks/bench.py --quick $(BENCH_ARGS)
+
+bench-full: $(STAMP)
+	NGFFREG_DATA_DIR=$${NGFFREG_DATA_DIR:-$(abspath ../shared/data)} $(PY) benchmarks/bench.py --full $(BENCH_ARGS)
+
 clean:
 	rm -rf $(DEMO) .pytest_cache site
