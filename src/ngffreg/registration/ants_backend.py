@@ -29,7 +29,6 @@ import xarray as xr
 from .. import itk_bridge
 from ..errors import InputError
 from ..image import Grid, load, units
-from ..transforms.files import read_ants_transforms
 from ..transforms.model import Affine, DisplacementField, Sequence, Transform
 
 LINEAR_TYPES = ("Translation", "Rigid", "Similarity", "Affine")
@@ -177,6 +176,39 @@ def _unscale(t: Transform, k: float, unit: str) -> Transform:
     return Affine(matrix=m)
 
 
+def read_outputs(paths: Seq[str], invert: Seq[bool] | None = None) -> Sequence:
+    """ANTs' own output files (``…Warp.nii.gz``, ``…GenericAffine.mat``) read with ANTsPy,
+    already loaded in this process, as a :class:`Sequence` in the order given (``invert``
+    flags the linear ones to invert). The same transforms as
+    :func:`ngffreg.transforms.files.read_ants_transforms`, without paying ITK's transform
+    IO import (~10 s in each new worker process)."""
+    import ants
+
+    from ..itk_bridge import geometry_from_itk, matrix_from_itk, matrix_offset_to_homogeneous
+
+    steps: list[Transform] = []
+    for path, flag in zip(paths, invert or [False] * len(paths), strict=True):
+        if path.endswith(".mat"):
+            t = ants.read_transform(path)
+            params = np.asarray(t.parameters, dtype=np.float64)
+            linear = params[:9].reshape(3, 3)
+            center = np.asarray(t.fixed_parameters, dtype=np.float64)
+            offset = params[9:12] + center - linear @ center
+            step: Transform = Affine(matrix=matrix_from_itk(
+                matrix_offset_to_homogeneous(linear, offset)))
+            steps.append(step.inverse() if flag else step)
+            continue
+        img = ants.image_read(path)
+        if img.components != 3 or img.dimension != 3:
+            raise RuntimeError(f"{path} is not a 3-D displacement field")
+        spacing, origin, direction = geometry_from_itk(img.spacing, img.origin, img.direction)
+        xyz = img.numpy()  # (x, y, z, 3): components x, y, z
+        data = np.ascontiguousarray(xyz[..., ::-1].transpose(3, 2, 1, 0))
+        steps.append(DisplacementField.from_array(data, spacing=spacing, origin=origin,
+                                                  direction=direction, unit="millimeter"))
+    return Sequence(transforms=tuple(steps))
+
+
 def run_ants(
     fixed: xr.DataArray,
     moving: xr.DataArray,
@@ -260,11 +292,11 @@ def run_ants(
         forward_files = [*warp, *affine]
         if not forward_files:
             raise RuntimeError("antsRegistration wrote no transform")
-        forward = _unscale(read_ants_transforms(forward_files), k, unit)
+        forward = _unscale(read_outputs(forward_files), k, unit)
         backward = None
         if inverse and (inv_warp or not warp):
             inverse_files = [*affine, *inv_warp]
-            backward = _unscale(read_ants_transforms(
+            backward = _unscale(read_outputs(
                 inverse_files, invert=[True] * len(affine) + [False] * len(inv_warp)), k, unit)
     return AntsResult(forward, backward,
                       {"fwdtransforms": [Path(p).name for p in forward_files]})
