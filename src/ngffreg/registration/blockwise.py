@@ -87,6 +87,12 @@ def _write_block(work: Path, block: Block, field: np.ndarray, record: dict[str, 
     os.replace(tmp, final)
 
 
+def _block_record(block: Block) -> dict[str, Any]:
+    """The start of a block's record: where it is."""
+    return {"id": block.id, "index": list(block.index), "core": [list(c) for c in block.core],
+            "region": [list(r) for r in block.region], "foreground": block.foreground}
+
+
 def _core_mask(block: Block) -> tuple[slice, slice, slice]:
     return tuple(slice(c0 - r0, c1 - r0)  # type: ignore[return-value]
                  for (c0, c1), (r0, _) in zip(block.core, block.region, strict=True))
@@ -115,10 +121,7 @@ def _register_block(
     metrics, timings) and, when ``work`` is given, writes the field and record there."""
     t0 = time.perf_counter()
     bgrid = subgrid(plan.grid, block.slices)
-    record: dict[str, Any] = {"id": block.id, "index": list(block.index),
-                              "core": [list(c) for c in block.core],
-                              "region": [list(r) for r in block.region],
-                              "foreground": block.foreground}
+    record = _block_record(block)
     zero = np.zeros((3, *block.shape), dtype=np.float32)
     if block.skip:
         record.update(status="skipped", message="no signal in the fixed block",
@@ -202,7 +205,8 @@ def _running_path(work: Path, block_id: int) -> Path:
 
 
 def _worker() -> tuple[str, str]:
-    """The address and id of the dask worker this runs on, or ``("", "")``."""
+    """The address and local directory (new on every restart) of the dask worker this
+    runs on, or ``("", "")``."""
     with contextlib.suppress(Exception):
         from distributed import get_worker
 
@@ -218,8 +222,8 @@ def _mark_running(work: Path | None, block_id: int, where: tuple[str, str]) -> N
         return
     path = _running_path(work, block_id)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"start": time.time(), "worker": where[0], "worker_id": where[1],
-                                "pid": os.getpid()}))
+    path.write_text(json.dumps({"start": time.time(), "worker": where[0],
+                                "worker_id": where[1]}))
 
 
 def _running(work: Path, block_id: int) -> dict[str, Any] | None:
@@ -238,10 +242,8 @@ def _still_running(client: Any, mark: dict[str, Any]) -> bool:
 
 def _flag(work: Path, block: Block, message: str) -> dict[str, Any]:
     """Write a failed record (zero residual) for a block the client gave up on."""
-    record = {"id": block.id, "index": list(block.index),
-              "core": [list(c) for c in block.core],
-              "region": [list(r) for r in block.region], "foreground": block.foreground,
-              "status": "failed", "message": message, "seconds": None}
+    record = {**_block_record(block), "status": "failed", "message": message,
+              "seconds": None}
     _write_block(work, block, np.zeros((3, *block.shape), dtype=np.float32), record)
     with contextlib.suppress(OSError):
         _running_path(work, block.id).unlink()
@@ -315,13 +317,12 @@ def run_blocks(
 def _run_on_client(client: Any, todo: list[Block], args: tuple[Any, ...], work: Path,
                    block_timeout: float | None, progress: Any) -> None:
     by_key = {}
-    futures = []
+    pending = []
     for b in todo:
         fut = client.submit(register_block, b, *args, key=f"ngffreg-block-{b.id}-"
                             f"{uuid.uuid4().hex[:6]}", pure=False, retries=0)
         by_key[fut.key] = b
-        futures.append(fut)
-    pending = list(futures)
+        pending.append(fut)
     try:
         _collect(client, pending, by_key, work, block_timeout, progress)
     finally:  # stopped early (an error, Ctrl-C): nothing keeps running for this call
@@ -347,9 +348,9 @@ def _collect(client: Any, pending: list[Any], by_key: dict[str, Block], work: Pa
             except KilledWorker as exc:
                 rec = _flag(work, block, "the worker process died every time it ran this "
                             f"block (out of memory? {exc})")
+            except OSError:  # e.g. the disk is full: the caller says so
+                raise
             except Exception as exc:
-                if isinstance(exc, OSError):  # e.g. the disk is full: the caller says so
-                    raise
                 raise ClusterError(
                     f"A block task failed on the dask cluster ({type(exc).__name__}: {exc}). "
                     "The workers need ngffreg installed and must see the inputs and "

@@ -49,6 +49,7 @@ from .coarse import CoarseResult, coarse_register, elastix_kinds, image_levels, 
 from .execution import block_client, plan_resources
 from .methods import AntsSyN, block_method
 from .reduce import blend
+from .staging import map_fields, store_array
 
 #: Fine fields with more voxels than this are not exported as NIfTI for ANTs (ITK would
 #: hold them whole: 16 M voxels are about 0.4 GiB as float64).
@@ -415,18 +416,16 @@ def register(
 
         stored = read_registration(output)
         result.transform = stored
-        if fine is not None:
-            steps = getattr(stored, "forward", stored)
-            # the finest pass's field comes first in the sequence
-            result.fine = steps.transforms[0] if isinstance(steps, Sequence) else None
-        # the coarse result must not read from ``work`` either: its transform is the tail
-        # of the stored sequence, its inverse (coarse level, small) is held in memory
         stored_steps = steps_of(getattr(stored, "forward", stored))
         n_fine = len(fine_fields)
+        if fine is not None:  # the finest pass's field comes first in the sequence
+            result.fine = stored_steps[0] if len(stored_steps) > 1 else None
+        # the coarse result must not read from ``work`` either: its transform is the tail
+        # of the stored sequence, its inverse (coarse level, small) is held in memory
         result.coarse = dataclasses.replace(
             coarse, transform=(Sequence(transforms=stored_steps[n_fine:])
                                if len(stored_steps) - n_fine > 1 else stored_steps[n_fine]),
-            inverse=_in_memory(coarse.inverse))
+            inverse=map_fields(coarse.inverse, DisplacementField.compute))
         shutil.rmtree(work, ignore_errors=True)
         return result
     except OSError as exc:
@@ -454,16 +453,6 @@ def default_workers(block: Any, overlap_fraction: float = 0.25) -> int:
     room = 0.8 * psutil.virtual_memory().available - MAIN_BASE_BYTES
     fit = int(room // block_bytes(block, overlap_fraction))
     return max(1, min(os.cpu_count() or 1, fit))
-
-
-def _in_memory(transform: Transform | None) -> Transform | None:
-    """``transform`` with its displacement fields read into memory."""
-    if isinstance(transform, Sequence):
-        return dataclasses.replace(transform, transforms=tuple(
-            _in_memory(t) for t in transform.transforms))
-    if isinstance(transform, DisplacementField):
-        return transform.compute()
-    return transform
 
 
 def _picklable(method: Any) -> bool:
@@ -590,20 +579,10 @@ def blend_pass(plan: BlockPlan, records: list[dict[str, Any]], work: Path,
 
 def _store_field(field: DisplacementField, work: Path, name: str = "fine") -> DisplacementField:
     """Compute the blended field once into ``work/fine`` and return it read lazily."""
-    import dask.array as da
-    import zarr
-
-    path = work / "fine"
-    if path.exists():
-        shutil.rmtree(path)
-    data = field.field.data
-    arr = zarr.create_array(store=str(path), shape=data.shape, dtype=np.float32,
-                            chunks=tuple(c[0] for c in data.chunks), zarr_format=3)
-    da.store(data, arr, lock=False)
     grid = field.grid
-    return DisplacementField.from_array(da.from_zarr(str(path)), spacing=grid.spacing,
-                                        origin=grid.origin, direction=grid.direction,
-                                        unit=grid.unit, name=name)
+    return DisplacementField.from_array(
+        store_array(field.field.data, work / "fine"), spacing=grid.spacing,
+        origin=grid.origin, direction=grid.direction, unit=grid.unit, name=name)
 
 
 def _write_extras(output: Path, work: Path, result: RegistrationResult,

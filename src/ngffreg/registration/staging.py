@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pickle
 import shutil
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,14 +28,45 @@ TASK_ARGUMENT_BYTES = 256 * 2**10
 STAGE_CHUNK = 128
 
 
-def pickled_size(obj: Any) -> int:
-    """Bytes of ``obj`` as a task argument (pickle protocol 5, as dask sends it)."""
+class _Counter:
+    """A file that only counts what is written to it, and stops past ``limit``."""
+
+    class Full(Exception):
+        pass
+
+    def __init__(self, limit: float) -> None:
+        self.size = 0
+        self.limit = limit
+
+    def write(self, data: Any) -> None:
+        self.size += memoryview(data).nbytes
+        if self.size > self.limit:
+            raise self.Full
+
+
+def _count(pickler: Any, obj: Any, limit: float) -> int:
+    counter = _Counter(limit)
     try:
-        return len(pickle.dumps(obj, protocol=5))
+        pickler(counter, protocol=5).dump(obj)
+    except _Counter.Full:
+        pass
+    return counter.size
+
+
+def pickled_size(obj: Any, limit: float = float("inf")) -> int:
+    """Bytes of ``obj`` as a task argument (pickle protocol 5, as dask sends it), counted
+    without building the pickle; the count stops just past ``limit``."""
+    try:
+        return _count(pickle.Pickler, obj, limit)
     except Exception:
         import cloudpickle
 
-        return len(cloudpickle.dumps(obj, protocol=5))
+        return _count(cloudpickle.CloudPickler, obj, limit)
+
+
+def too_big_for_a_task(obj: Any) -> bool:
+    """Whether ``obj`` pickles to more than :data:`TASK_ARGUMENT_BYTES` (it holds data)."""
+    return pickled_size(obj, limit=TASK_ARGUMENT_BYTES) > TASK_ARGUMENT_BYTES
 
 
 def store_array(data: Any, path: Path, chunks: tuple[int, ...] | None = None) -> Any:
@@ -64,14 +96,24 @@ def store_array(data: Any, path: Path, chunks: tuple[int, ...] | None = None) ->
 def stage_image(image: xr.DataArray, folder: Path, name: str) -> xr.DataArray:
     """``image`` itself when it pickles small (backed by a store), else the same image
     written to ``folder/name`` and read back lazily."""
-    if pickled_size(image) <= TASK_ARGUMENT_BYTES:
+    if not too_big_for_a_task(image):
         return image
     data = store_array(image.data, Path(folder) / name)
     return image.copy(data=data)
 
 
-def _in_memory(field: DisplacementField) -> bool:
-    return pickled_size(field) > TASK_ARGUMENT_BYTES
+def map_fields(transform: Any, fn: Callable[[DisplacementField], Transform]) -> Any:
+    """``transform`` with ``fn`` applied to each of its displacement fields, through
+    sequences and bijections (``None`` stays ``None``)."""
+    if isinstance(transform, Sequence):
+        return replace(transform, transforms=tuple(map_fields(t, fn)
+                                                   for t in transform.transforms))
+    if isinstance(transform, Bijection):
+        return replace(transform, forward=map_fields(transform.forward, fn),
+                       inverse_transform=map_fields(transform.inverse_transform, fn))
+    if isinstance(transform, DisplacementField):
+        return fn(transform)
+    return transform
 
 
 def persist_transform(transform: Transform, folder: Path, prefix: str = "field") -> Transform:
@@ -81,25 +123,21 @@ def persist_transform(transform: Transform, folder: Path, prefix: str = "field")
     folder = Path(folder)
     count = [0]
 
-    def walk(t: Transform) -> Transform:
-        if isinstance(t, Sequence):
-            return replace(t, transforms=tuple(walk(s) for s in t.transforms))
-        if isinstance(t, Bijection):
-            return replace(t, forward=walk(t.forward),
-                           inverse_transform=walk(t.inverse_transform))
-        if isinstance(t, DisplacementField) and _in_memory(t):
-            path = folder / f"{prefix}{count[0]}"
-            count[0] += 1
-            path.parent.mkdir(parents=True, exist_ok=True)
-            residual = t.residual
-            if residual is not None:
-                residual = residual.copy(data=store_array(residual.data,
-                                                          path.with_name(path.name + "r")))
-            return replace(t, field=t.field.copy(data=store_array(t.field.data, path)),
-                           residual=residual)
-        return t
+    def persist(t: DisplacementField) -> DisplacementField:
+        if not too_big_for_a_task(t):
+            return t
+        path = folder / f"{prefix}{count[0]}"
+        count[0] += 1
+        path.parent.mkdir(parents=True, exist_ok=True)
+        residual = t.residual
+        if residual is not None:
+            residual = residual.copy(data=store_array(residual.data,
+                                                      path.with_name(path.name + "r")))
+        return replace(t, field=t.field.copy(data=store_array(t.field.data, path)),
+                       residual=residual)
 
-    return walk(transform)
+    return map_fields(transform, persist)
 
 
-__all__ = ["persist_transform", "pickled_size", "stage_image", "store_array"]
+__all__ = ["map_fields", "persist_transform", "pickled_size", "stage_image", "store_array",
+           "too_big_for_a_task"]
