@@ -40,6 +40,7 @@ from ..image import Grid, load, units
 from ..qc import jacobian_determinant, ncc
 from ..transforms.model import Transform, sample_field
 from ..warp import warp
+from .isolation import call_method
 from .methods import BlockInfo, BlockMethod, BlockResult
 
 #: Statuses whose field is used as computed.
@@ -148,7 +149,7 @@ def _register_block(
         info = BlockInfo(block.id, block.index, block.core, block.region, plan.level,
                          units(fixed))
         t1 = time.perf_counter()
-        result = method(fixed_block, prewarped, initial, info)
+        result = call_method(method, fixed_block, prewarped, initial, info)
         record["method_seconds"] = time.perf_counter() - t1
         if not isinstance(result, BlockResult):
             raise TypeError(f"the block method returned {type(result).__name__}, "
