@@ -23,7 +23,18 @@ def _blobs(seed: int, n: int) -> np.ndarray:
     return np.hstack([centres, radii, weights])
 
 
-def _block(block_info=None, *, shape, blobs, out_dtype, noise):
+def _waves(seed: int, n: int = 24) -> np.ndarray:
+    """Random plane waves (rows: k_z, k_y, k_x in radians per voxel, phase, weight) with
+    wavelengths of 3–9 voxels: a texture that registration can lock onto."""
+    rng = np.random.default_rng(seed + 7919)
+    d = rng.normal(size=(n, 3))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    k = d * (2 * np.pi / rng.uniform(3.0, 9.0, size=(n, 1)))
+    return np.hstack([k, rng.uniform(0, 2 * np.pi, size=(n, 1)),
+                      rng.uniform(0.5, 1.0, size=(n, 1)) / np.sqrt(n)])
+
+
+def _block(block_info=None, *, shape, blobs, out_dtype, noise, waves=None, texture=0.0):
     info = block_info[None]
     (z0, z1), (y0, y1), (x0, x1) = info["array-location"]
     z = (np.arange(z0, z1, dtype=np.float32)[:, None, None] + 0.5) / shape[0]
@@ -35,6 +46,14 @@ def _block(block_info=None, *, shape, blobs, out_dtype, noise):
     for cz, cy, cx, rz, ry, rx, w in blobs:
         d2 = ((z - cz) / rz) ** 2 + ((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2
         out = out + w * np.exp(-d2) * (r2 < 1.0)
+    if texture:
+        iz = np.arange(z0, z1, dtype=np.float64)[:, None, None]
+        iy = np.arange(y0, y1, dtype=np.float64)[None, :, None]
+        ix = np.arange(x0, x1, dtype=np.float64)[None, None, :]
+        tex = np.zeros(out.shape)
+        for kz, ky, kx, phase, w in waves:
+            tex += w * np.cos(kz * iz + ky * iy + kx * ix + phase)
+        out = out + (texture * tex * (r2 < 1.0)).astype(np.float32)
     if noise:
         iz, iy, ix = np.meshgrid(
             np.arange(z0, z1, dtype=np.uint64),
@@ -62,6 +81,7 @@ def synthetic_volume(
     chunks: int | Sequence[int] = 128,
     n_blobs: int = 12,
     noise: float = 0.02,
+    texture: float = 0.0,
 ) -> xr.DataArray:
     """A deterministic synthetic 3-D volume (an ellipsoid with blobs and texture), lazy.
 
@@ -78,6 +98,9 @@ def synthetic_volume(
         Output dtype; integers are scaled to about 20000 at the brightest blob.
     chunks : int or (z, y, x)
         Dask chunking.
+    texture : float
+        Amplitude of a fine texture inside the ellipsoid (random plane waves of 3–9 voxels;
+        0: none), which gives registration something to lock onto at the finest scale.
 
     Examples
     --------
@@ -94,6 +117,8 @@ def synthetic_volume(
         blobs=blobs,
         out_dtype=np.dtype(dtype),
         noise=noise,
+        waves=_waves(seed),
+        texture=float(texture),
         chunks=da.core.normalize_chunks(chunks, shape, dtype=np.dtype(dtype)),
         meta=np.empty((0, 0, 0), dtype),
     )

@@ -193,6 +193,44 @@ def warp_with_gradient(img, u, spacing, out, grad):
 
 
 @njit(**_OPTS)
+def central_gradient(img, spacing, grad):
+    """Central differences of ``img`` per physical unit (one-sided at the edges)."""
+    nz, ny, nx = img.shape
+    for z in prange(nz):
+        z0, z1 = max(z - 1, 0), min(z + 1, nz - 1)
+        for y in range(ny):
+            y0, y1 = max(y - 1, 0), min(y + 1, ny - 1)
+            for x in range(nx):
+                x0, x1 = max(x - 1, 0), min(x + 1, nx - 1)
+                grad[0, z, y, x] = ((img[z1, y, x] - img[z0, y, x]) / (max(z1 - z0, 1)
+                                                                      * spacing[0]))
+                grad[1, z, y, x] = ((img[z, y1, x] - img[z, y0, x]) / (max(y1 - y0, 1)
+                                                                      * spacing[1]))
+                grad[2, z, y, x] = ((img[z, y, x1] - img[z, y, x0]) / (max(x1 - x0, 1)
+                                                                      * spacing[2]))
+
+
+@njit(**_OPTS)
+def warp_with_sampled_gradient(img, gimg, u, spacing, out, grad):
+    """``out(x) = img(x + u(x))`` and ``grad(x) = gimg(x + u(x))`` (a gradient image
+    sampled at the same points)."""
+    nz, ny, nx = out.shape
+    s0, s1, s2 = spacing[0], spacing[1], spacing[2]
+    for z in prange(nz):
+        for y in range(ny):
+            for x in range(nx):
+                cz = z + u[0, z, y, x] / s0
+                cy = y + u[1, z, y, x] / s1
+                cx = x + u[2, z, y, x] / s2
+                v, _, _, _ = _trilinear(img, cz, cy, cx)
+                out[z, y, x] = v
+                a, b, c = _sample3(gimg, cz, cy, cx)
+                grad[0, z, y, x] = a
+                grad[1, z, y, x] = b
+                grad[2, z, y, x] = c
+
+
+@njit(**_OPTS)
 def warp_image(img, u, spacing, out):
     """``out(x) = img(x + u(x))`` (trilinear, edge values outside)."""
     nz, ny, nx = out.shape
