@@ -163,8 +163,10 @@ REGISTER_OPTIONS: dict[str, tuple[type, str]] = {
     "overlap_fraction": (float, "overlap per side as a fraction of the block (default 0.25)"),
     "block_levels": (str, "multi-resolution blocks, coarse to fine: LEVEL:SIZE,… e.g. 1:64,0:32"),
     "linear_type": (str, "Translation, Rigid, Similarity, Affine or none (default Affine)"),
-    "nonlinear_type_coarse": (str, "SyN, SyNOnly, Elastic or none (default SyN)"),
-    "nonlinear_type_fine": (str, "SyNOnly, SyN, Elastic or none (default SyNOnly)"),
+    "nonlinear_type_coarse": (str, "Greedy (the compiled engine), GreedySVF, or ANTs' SyN, "
+                              "SyNOnly, Elastic; or none (default Greedy)"),
+    "nonlinear_type_fine": (str, "block registration: Greedy (the compiled engine), GreedySVF, "
+                            "or ANTs' SyNOnly, SyN, Elastic; or none (default Greedy)"),
     "linear_accuracy": (str, "low, medium, high (default medium)"),
     "coarse_accuracy": (str, "low, medium, high (default medium)"),
     "fine_accuracy": (str, "low, medium, high (default medium)"),

@@ -4,7 +4,7 @@
     reg = ChunkedRegistration("fixed.nii.gz", "moving.nii.gz", "out/",
                               downsample_factor=4, chunk_size=64, overlap_fraction=0.25)
     reg.run_full_pipeline("out/registered.ome.zarr", linear_type="Affine",
-                          nonlinear_type_coarse="SyN", nonlinear_type_fine="SyNOnly")
+                          nonlinear_type_coarse="Greedy", nonlinear_type_fine="Greedy")
 
 or step by step: :meth:`perform_coarse_registration`, :meth:`register_all_chunks`,
 :meth:`apply_transforms_and_blend`. The class holds parameters and results; all the work is
@@ -21,7 +21,7 @@ from .blocks import BlockPlan, block_shape
 from .image import Grid
 from .registration.coarse import CoarseResult, coarse_register, image_levels
 from .registration.execution import block_client
-from .registration.methods import AntsSyN, block_method
+from .registration.methods import block_method, default_block_method
 from .registration.register import (
     RegistrationResult,
     blend_pass,
@@ -85,8 +85,8 @@ class ChunkedRegistration:
 
     # the seed's methods --------------------------------------------------------------
     def run_full_pipeline(self, output_path: Any = None, linear_type: str = "Affine",
-                          nonlinear_type_coarse: str | None = "SyN",
-                          nonlinear_type_fine: str | None = "SyNOnly",
+                          nonlinear_type_coarse: str | None = "Greedy",
+                          nonlinear_type_fine: str | None = "Greedy",
                           linear_accuracy: str = "medium", coarse_accuracy: str = "medium",
                           fine_accuracy: str = "medium", *, interpolator: str = "linear",
                           blend_sigma: float | None = None,
@@ -107,7 +107,7 @@ class ChunkedRegistration:
         return self.result
 
     def perform_coarse_registration(self, linear_type: str = "Affine",
-                                    nonlinear_type: str | None = "SyN",
+                                    nonlinear_type: str | None = "Greedy",
                                     linear_accuracy: str = "medium",
                                     nonlinear_accuracy: str = "medium") -> CoarseResult:
         """The coarse step at the level ``downsample_factor`` picks."""
@@ -118,13 +118,13 @@ class ChunkedRegistration:
             backend=self.backend)
         return self.coarse
 
-    def register_all_chunks(self, nonlinear_type: str = "SyNOnly",
+    def register_all_chunks(self, nonlinear_type: str = "Greedy",
                             nonlinear_accuracy: str = "medium") -> list[dict[str, Any]]:
         """Fine registration of every block (after :meth:`perform_coarse_registration`)."""
         if self.coarse is None:
             self.perform_coarse_registration()
         method = (block_method(self.method) if self.method is not None
-                  else AntsSyN(accuracy=nonlinear_accuracy, nonlinear_type=nonlinear_type))
+                  else default_block_method(nonlinear_type, nonlinear_accuracy))
         workers = self.workers
         if workers is None:
             grid = Grid.of(self.fixed_levels[self.fine_level])

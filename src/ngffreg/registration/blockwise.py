@@ -16,7 +16,9 @@ For one block, :func:`register_block`:
 
 A block that fails (the method raises or answers ``"failed"``), folds (Jacobian ≤ 0) or
 ends worse than it started is not used as is: the reduce step fills it from its
-neighbours. A block without signal is skipped (zero residual: the coarse transform).
+neighbours. A block without signal is skipped, and a block the method declines (its fit
+did not pay on held-out voxels) is kept as it was: both get a zero residual (the coarse
+transform).
 """
 
 from __future__ import annotations
@@ -45,9 +47,13 @@ from .methods import BlockInfo, BlockMethod, BlockResult
 
 #: Statuses whose field is used as computed.
 USED = ("ok",)
+#: Statuses whose block keeps the pre-warp transform (zero residual).
+KEPT = ("skipped", "declined")
 #: How the moving region is resampled onto the block grid before the block method sees it
 #: (a cubic B-spline blurs less than linear interpolation).
 PREWARP_INTERPOLATOR = "bSpline"
+#: Chunk side of a stored block field (voxels).
+FIELD_CHUNK = 64
 #: A block whose correlation drops by more than this is rejected.
 NCC_TOLERANCE = 0.01
 
@@ -79,7 +85,9 @@ def _write_block(work: Path, block: Block, field: np.ndarray, record: dict[str, 
     final = block_path(work, block.id)
     tmp = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
     tmp.parent.mkdir(parents=True, exist_ok=True)
-    arr = zarr.create_array(store=str(tmp), shape=field.shape, chunks=field.shape,
+    # chunks of the blend's size: a blend chunk reads only the parts of a block it overlaps
+    chunks = (3, *(min(n, FIELD_CHUNK) for n in field.shape[1:]))
+    arr = zarr.create_array(store=str(tmp), shape=field.shape, chunks=chunks,
                             dtype=np.float32, zarr_format=3)
     arr[...] = field.astype(np.float32)
     arr.attrs["ngffreg_block"] = json.loads(json.dumps(record))
@@ -154,11 +162,21 @@ def _register_block(
         if not isinstance(result, BlockResult):
             raise TypeError(f"the block method returned {type(result).__name__}, "
                             "not a BlockResult")
+        if result.metrics:
+            record.update({k: _plain(v) for k, v in result.metrics.items()})
+        if result.status == "declined":  # better left to the pre-warp transform
+            record.update(ncc_before=before, ncc_after=before, status="declined",
+                          message=result.message or "declined by the block method",
+                          seconds=time.perf_counter() - t0)
+            if work is not None:
+                _write_block(Path(work), block, zero, record)
+                with contextlib.suppress(OSError):
+                    _running_path(work, block.id).unlink()
+            return record
         if result.status != "ok" or result.transform is None:
             raise RuntimeError(result.message or f"the block method answered {result.status}")
         residual = result.transform
-        field = np.asarray(sample_field(residual, like=bgrid).field.data.compute(
-            scheduler="synchronous"), dtype=np.float32)
+        field = _field_on(residual, bgrid)
         if result.valid is not None:
             field = np.where(np.asarray(result.valid, dtype=bool)[None], field, 0.0)
         after_img = load(warp(prewarped, residual, like=bgrid, interpolator="linear"))
@@ -185,6 +203,30 @@ def _register_block(
         with contextlib.suppress(OSError):
             _running_path(work, block.id).unlink()
     return record
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-friendly copy of a metric value."""
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _field_on(residual: Transform, grid: Grid) -> np.ndarray:
+    """The residual's displacement (3, z, y, x) on the block grid: the field's own values
+    when it is a displacement field on that very grid, else sampled."""
+    from ..transforms.model import DisplacementField
+
+    if isinstance(residual, DisplacementField):
+        g = residual.grid
+        if (g.shape == grid.shape and np.allclose(g.spacing, grid.spacing)
+                and np.allclose(g.origin, grid.origin, atol=1e-6 * float(grid.spacing.min()))
+                and np.allclose(g.direction, grid.direction)):
+            return np.asarray(residual.field.values, dtype=np.float32)
+    return np.asarray(sample_field(residual, like=grid).field.data.compute(
+        scheduler="synchronous"), dtype=np.float32)
 
 
 def check_picklable(method: BlockMethod) -> None:

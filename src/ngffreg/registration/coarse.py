@@ -4,14 +4,18 @@ The level is chosen by ``downsample_factor`` (the level whose spacing is closest
 not coarser than, level 0's times the factor), by ``target_spacing``, or by
 ``memory_budget`` (the finest level whose registration fits: about
 :data:`BYTES_PER_VOXEL` per fixed voxel). Linear stages (``linear_type``) run first, then an
-optional deformable stage (``nonlinear_type``), all in one ANTs call; the result is a
-fixed→moving transform ``[coarse field, affine]`` in physical space, with its inverse.
+optional deformable stage (``nonlinear_type``): ``"Greedy"`` (the default, the compiled
+engine of :mod:`~ngffreg.registration.greedy` on the moving image resampled through the
+linear result; ``"GreedySVF"`` for its stationary-velocity form) or an ANTs type (``SyN``,
+``SyNOnly``, ``Elastic``: all stages in one ANTs call). The result is a fixed→moving
+transform ``[coarse field, affine]`` in physical space, with its inverse.
 ``backend="elastix"`` runs the same steps with ITK-elastix instead (linear types as in
 ANTs; the deformable stage is ``"BSpline"``; see :func:`elastix_kinds`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
@@ -29,10 +33,17 @@ from ..qc import ncc, otsu_threshold
 from ..transforms.model import Identity, Transform
 from ..warp import warp
 from . import ants_backend, elastix_backend
+from .isolation import call_in_child
+from .methods import GREEDY_SCHEDULES, GREEDY_TYPES
 
 #: Rough peak memory of an ANTs SyN registration per fixed voxel (measured: ~1.65 GB for
 #: the 7.2 M-voxel mni/ch2 pair), used to pick a level from a memory budget.
 BYTES_PER_VOXEL = 240
+#: The ANTs call's environment: ITK's multi-threaded sums differ from run to run (the
+#: phantom's rigid map moved by 0.05 mm between two identical runs with 2 threads).
+ONE_THREAD_ENV = {"ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1"}
+#: The linear stages run one level finer than the coarse level up to this size (voxels).
+LINEAR_MAX_VOXELS = 2**24
 
 
 def image_levels(image: Any, *, voxel_size: Any = None, unit: str | None = None,
@@ -128,7 +139,7 @@ def coarse_register(
     moving_levels: Seq[xr.DataArray],
     *,
     linear_type: str | None = "Affine",
-    nonlinear_type: str | None = "SyN",
+    nonlinear_type: str | None = "Greedy",
     linear_accuracy: str = "medium",
     nonlinear_accuracy: str = "medium",
     downsample_factor: float | None = 4,
@@ -148,6 +159,10 @@ def coarse_register(
     result leaves the fixed foreground outside the moving image (no overlap).
     """
     stages: list[Any] = []
+    engine = nonlinear_type if nonlinear_type in GREEDY_TYPES else None
+    if engine:  # the linear stages with the backend, then the greedy engine
+        nonlinear_type = None
+        ants_backend._check("accuracy", nonlinear_accuracy, tuple(GREEDY_SCHEDULES))
     if backend == "elastix":
         stages = elastix_kinds(linear_type, nonlinear_type)
         elastix_backend._check("linear_accuracy", linear_accuracy, elastix_backend.ACCURACIES)
@@ -175,12 +190,27 @@ def coarse_register(
                                  _mask_on(moving_mask, moving), random_seed)
         inverse = transform.inverse() if transform.is_linear else None
     elif stages:
-        result = ants_backend.run_ants(
-            fixed, moving, stages, fixed_mask=_mask_on(fixed_mask, fixed),
-            moving_mask=_mask_on(moving_mask, moving), random_seed=random_seed)
+        lf, lm = fixed, moving
+        if not nonlinear_type and fi > 0 and fixed_levels[fi - 1].size <= LINEAR_MAX_VOXELS and (
+                memory_budget is None or fixed_levels[fi - 1].size * BYTES_PER_VOXEL
+                <= 4 * parse_bytes(memory_budget)):
+            # ANTs' linear schedules stop one halving short of the image they get: given the
+            # level twice finer, they end at the coarse level's own resolution
+            lf = load(fixed_levels[fi - 1])
+            lm = moving_levels[matching_level(moving_levels, lf)]
+            lm = load(to_units(lm, units(lf)) if units(lm) != units(lf) else lm)
+        result = call_in_child(  # one ITK thread: the same answer run after run
+            ants_backend.run_ants, lf, lm, stages, fixed_mask=_mask_on(fixed_mask, lf),
+            moving_mask=_mask_on(moving_mask, lm), random_seed=random_seed,
+            env=ONE_THREAD_ENV)
         transform, inverse = result.transform, result.inverse
     else:
         transform, inverse = Identity(), Identity()
+    deformable: dict[str, Any] = {}
+    if engine:
+        transform, inverse, deformable = _run_greedy(
+            fixed, moving, transform, inverse, engine, nonlinear_accuracy,
+            _mask_on(fixed_mask, fixed))
     seconds = time.perf_counter() - t0
     before = ncc(fixed.values, warp(moving, Identity(), like=fixed).values)
     after = ncc(fixed.values, warp(moving, transform, like=fixed).values)
@@ -189,7 +219,8 @@ def coarse_register(
                "fixed_spacing": list(spacing(fixed)), "moving_spacing": list(spacing(moving)),
                "ncc_before": before, "ncc_after": after, "seconds": seconds,
                "overlap": overlap, "backend": backend,
-               "stages": [getattr(s, "transform", s) for s in stages]}
+               "stages": [getattr(s, "transform", s) for s in stages] + (
+                   [engine] if engine else []), **deformable}
     if overlap < 0.05:
         raise InputError(
             f"After the coarse step only {overlap:.1%} of the fixed image's foreground maps "
@@ -197,6 +228,36 @@ def coarse_register(
             "physical space (origin, orientation, units, voxel size), or give an initial "
             "transform.")
     return CoarseResult(transform, inverse, fi, mi, metrics)
+
+
+def _run_greedy(fixed: xr.DataArray, moving: xr.DataArray, linear: Transform,
+                linear_inverse: Transform | None, engine: str, accuracy: str,
+                fixed_mask: xr.DataArray | None
+                ) -> tuple[Transform, Transform | None, dict[str, Any]]:
+    """The greedy engine after the linear stages: the moving image resampled onto the fixed
+    grid through ``linear``, registered there; ``[field, linear]`` and its inverse, and what
+    was decided. As for blocks, voxels in a lattice of small cubes are held out of the
+    fit: when it does not raise their local correlation, the linear result is kept."""
+    from ..transforms.model import Sequence
+    from .greedy import greedy_register, hold_out_cells
+    from .methods import Greedy
+
+    prewarped = load(warp(moving, linear, like=fixed, interpolator="bSpline"))
+    method = Greedy(accuracy=accuracy, velocity=engine == "GreedySVF")
+    options = dataclasses.replace(method.options(), inverse=True)
+    result = greedy_register(fixed, prewarped, options, fixed_mask=fixed_mask,
+                             hold_out=hold_out_cells(fixed.shape, method.hold_out_cell))
+    before, after = result.held_out
+    record = {"held_out_before": before, "held_out_after": after,
+              "deformable": "ok" if after - before > method.min_gain else "declined"}
+    if record["deformable"] == "declined":
+        return linear, linear_inverse, record
+    if isinstance(linear, Identity):
+        return result.transform, result.inverse, record
+    inverse = None
+    if result.inverse is not None and linear_inverse is not None:
+        inverse = Sequence(transforms=(linear_inverse, result.inverse))
+    return Sequence(transforms=(result.transform, linear)), inverse, record
 
 
 def _mask_on(mask: xr.DataArray | None, like: xr.DataArray) -> xr.DataArray | None:

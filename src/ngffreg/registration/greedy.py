@@ -51,6 +51,8 @@ from . import greedy_kernels as K
 
 METRICS = ("ncc", "ssd")
 GRADIENTS = ("central", "exact")
+#: An axis is halved for a coarser level only while it keeps this many voxels.
+MIN_LEVEL_VOXELS = 16
 _LENGTH = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([A-Za-zµμ]+)\s*$")
 
 
@@ -143,13 +145,13 @@ def _taps(value: Any, spacing: np.ndarray, unit: str, name: str) -> tuple:
 def level_factors(shape: tuple[int, ...], spacing: np.ndarray, n_levels: int) -> list[np.ndarray]:
     """Per-axis shrink factors of each level relative to full resolution, coarsest first:
     an axis is halved at a level when its spacing there is at most 1.5× the finest axis
-    spacing there and it keeps at least 8 voxels."""
+    spacing there and it keeps at least :data:`MIN_LEVEL_VOXELS` voxels."""
     factors = [np.ones(3, dtype=np.int64)]
     for _ in range(n_levels - 1):
         f = factors[-1].copy()
         sp = spacing * f
         for k in range(3):
-            if sp[k] <= 1.5 * sp.min() and -(-shape[k] // (2 * f[k])) >= 8:
+            if sp[k] <= 1.5 * sp.min() and -(-shape[k] // (2 * f[k])) >= MIN_LEVEL_VOXELS:
                 f[k] *= 2
         factors.append(f)
     return factors[::-1]

@@ -69,6 +69,22 @@ def call_method(method: Any, fixed: Any, moving: Any, initial: Any, info: Any) -
                 _idle.append(child)
 
 
+def call_in_child(fn: Any, *args: Any, env: dict[str, str] | None = None,
+                  **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` in a new child process with ``env`` added to its
+    environment (e.g. one ITK thread, which makes ANTs give the same answer run after
+    run, whatever this process has already set up), closed afterwards."""
+    import functools
+
+    child = _launcher.submit(_Child, env).result()
+    try:
+        return child.call((functools.partial(fn, **kwargs), *args), None)
+    finally:
+        child.conn.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.proc.wait(timeout=10)
+
+
 def _worker() -> Any:
     if "distributed" not in sys.modules:  # never imported: not on a dask worker
         return None
@@ -89,14 +105,15 @@ def _memory_limit(worker: Any) -> float | None:
 class _Child:
     """A child process and the connection to it."""
 
-    def __init__(self) -> None:
+    def __init__(self, env: dict[str, str] | None = None) -> None:
         ours, theirs = socket.socketpair()
         code = (f"import sys; sys.path[:] = {sys.path!r}; "
                 "from ngffreg.registration.isolation import _serve; "
                 f"_serve({theirs.fileno()}, {os.getpid()})")
         with theirs:
             self.proc = subprocess.Popen([sys.executable, "-c", code],
-                                         pass_fds=[theirs.fileno()])
+                                         pass_fds=[theirs.fileno()],
+                                         env=None if env is None else {**os.environ, **env})
         self.conn = Connection(ours.detach())
 
     def call(self, args: tuple[Any, ...], limit: float | None) -> Any:

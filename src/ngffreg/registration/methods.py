@@ -18,21 +18,31 @@ physical space), and optionally ``valid`` (a boolean mask on the block grid wher
 residual can be trusted; outside it the blend gives the block no weight). Raising an
 exception is allowed: the block is then marked failed and filled from its neighbours.
 
-Built in: :class:`AntsSyN` (the default), :class:`AntsAffine` and :class:`ElastixBSpline`.
+It may also answer ``"declined"``: the block is better left to the transform it was
+pre-warped with (zero residual), e.g. because the fit did not improve the images' match on
+voxels held out of it.
+
+A method that releases the GIL for its whole run declares ``releases_gil = True``; others
+run in a child process of their worker so that the worker keeps answering its scheduler
+(:mod:`~ngffreg.registration.isolation`).
+
+Built in: :class:`Greedy` (the default: the compiled engine of
+:mod:`~ngffreg.registration.greedy`), :class:`AntsSyN`, :class:`AntsAffine` and
+:class:`ElastixBSpline`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import xarray as xr
 
 from ..errors import InputError
 from ..transforms.model import Transform
-from . import ants_backend, elastix_backend
+from . import ants_backend, elastix_backend, greedy
 
 
 @dataclass(frozen=True)
@@ -55,9 +65,78 @@ class BlockResult:
     transform: Transform | None = None
     valid: np.ndarray | None = None
     message: str = ""
+    metrics: dict[str, Any] | None = None
 
 
 BlockMethod = Callable[[xr.DataArray, xr.DataArray, Transform, BlockInfo], BlockResult]
+
+
+#: Deformable types served by the greedy engine (``GreedySVF``: stationary velocity).
+GREEDY_TYPES = ("Greedy", "GreedySVF")
+#: Iterations per level (coarse to fine) of the greedy engine for each accuracy.
+GREEDY_SCHEDULES = {"low": (30, 15, 5), "medium": (50, 25, 10), "high": (100, 50, 20)}
+#: A greedy block must raise the held-out voxels' local correlation by more than this.
+GREEDY_MIN_GAIN = 0.01
+
+
+@dataclass(frozen=True)
+class Greedy:
+    """The compiled greedy engine on a block pair (:mod:`~ngffreg.registration.greedy`):
+    local normalised cross-correlation (``metric="ncc"``, window half-width ``radius``
+    voxels) or ``"ssd"``, iteration schedule from ``accuracy``
+    (:data:`GREEDY_SCHEDULES`) unless ``iterations`` is given, smoothing ``sigma_update``
+    and ``sigma_field`` (voxels, or lengths such as ``"80 um"``), ``velocity=True`` for a
+    stationary velocity field.
+
+    Do no harm: voxels in a lattice of small cubes (one in eight, ``hold_out_cell`` voxels
+    wide) are held out of the fit; unless the fit raises their mean local correlation in
+    the block's core by more than ``min_gain``, the block answers ``"declined"`` and keeps
+    the transform it was pre-warped with. ``hold_out_cell=0`` fits every voxel and judges
+    nothing."""
+
+    accuracy: str = "medium"
+    metric: str = "ncc"
+    radius: Any = 2
+    iterations: tuple[int, ...] | None = None
+    step: float = 1.0
+    sigma_update: Any = 2.5
+    sigma_field: Any = 1.0
+    velocity: bool = False
+    hold_out_cell: int = 4
+    gradient: str = "central"
+    min_gain: float = GREEDY_MIN_GAIN
+
+    releases_gil: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        ants_backend._check("accuracy", self.accuracy, tuple(GREEDY_SCHEDULES))
+        self.options()
+
+    def options(self) -> greedy.GreedyOptions:
+        return greedy.GreedyOptions(
+            metric=self.metric, radius=self.radius,
+            iterations=self.iterations or GREEDY_SCHEDULES[self.accuracy], step=self.step,
+            sigma_update=self.sigma_update, sigma_field=self.sigma_field,
+            velocity=self.velocity, inverse=False, gradient=self.gradient)
+
+    def __call__(self, fixed: xr.DataArray, moving: xr.DataArray, initial: Transform,
+                 info: BlockInfo) -> BlockResult:
+        hold = (greedy.hold_out_cells(fixed.shape, self.hold_out_cell)
+                if self.hold_out_cell else None)
+        core = tuple(slice(c0 - r0, c1 - r0) for (c0, c1), (r0, _) in
+                     zip(info.core, info.region, strict=True))
+        result = greedy.greedy_register(fixed, moving, self.options(), hold_out=hold,
+                                        judge=core)
+        if result.held_out is not None:
+            before, after = result.held_out
+            if not after - before > self.min_gain:
+                return BlockResult("declined", message=(
+                    f"no gain on held-out voxels (local correlation {before:.4f} → "
+                    f"{after:.4f})"), metrics={"held_out_before": before,
+                                               "held_out_after": after})
+            return BlockResult("ok", result.transform, metrics={
+                "held_out_before": before, "held_out_after": after})
+        return BlockResult("ok", result.transform)
 
 
 @dataclass(frozen=True)
@@ -135,17 +214,27 @@ class ElastixBSpline:
 
 
 BLOCK_METHODS: dict[str, Callable[..., BlockMethod]] = {
+    "greedy": Greedy,
     "ants-syn": AntsSyN,
     "ants-affine": AntsAffine,
     "elastix-bspline": ElastixBSpline,
 }
 
 
+def default_block_method(nonlinear_type: str = "Greedy", accuracy: str = "medium"
+                         ) -> BlockMethod:
+    """The block method a deformable type names: :class:`Greedy` for ``Greedy`` and
+    ``GreedySVF``, :class:`AntsSyN` for the ANTs types."""
+    if nonlinear_type in GREEDY_TYPES:
+        return Greedy(accuracy=accuracy, velocity=nonlinear_type == "GreedySVF")
+    return AntsSyN(accuracy=accuracy, nonlinear_type=nonlinear_type)
+
+
 def block_method(method: Any = None, **options: Any) -> BlockMethod:
-    """A block method from a name (``"ants-syn"``, ``"ants-affine"``, ``"elastix-bspline"``)
-    with ``options``, or a user's callable returned unchanged."""
+    """A block method from a name (``"greedy"``, ``"ants-syn"``, ``"ants-affine"``,
+    ``"elastix-bspline"``) with ``options``, or a user's callable returned unchanged."""
     if method is None:
-        method = "ants-syn"
+        method = "greedy"
     if callable(method):
         return method
     if method not in BLOCK_METHODS:

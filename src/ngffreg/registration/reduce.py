@@ -15,7 +15,8 @@ divided by the total weight, so the weights sum to one everywhere.
 Blocks that failed or were rejected contribute a constant: the mean core displacement of
 their usable neighbours (zero when none), so a failed block is filled from its
 neighbours and, through the zero residual, from the coarse transform. Skipped blocks (no
-signal) contribute zero: the coarse transform alone.
+signal) and declined ones (their fit did not pay on held-out voxels) contribute zero: the
+coarse transform alone.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def fill_vectors(plan: BlockPlan, records: list[dict[str, Any]]) -> dict[int, np
         rec = by_id[b.id]
         if rec["status"] == "ok":
             continue
-        if rec["status"] == "skipped":
+        if rec["status"] in ("skipped", "declined"):
             fills[b.id] = np.zeros(3)
             continue
         means = [np.asarray(by_id[o.id]["core_mean"]) for o in plan.neighbours(b)

@@ -47,7 +47,7 @@ from . import ants_backend
 from .blockwise import block_table, check_picklable, run_blocks
 from .coarse import CoarseResult, coarse_register, elastix_kinds, image_levels, pick_level
 from .execution import block_client, plan_resources
-from .methods import AntsSyN, block_method
+from .methods import GREEDY_TYPES, block_method, default_block_method
 from .reduce import blend
 from .staging import map_fields, store_array
 
@@ -152,8 +152,8 @@ def register(
     block_levels: Any = None,
     block_memory: Any = "1 GiB",
     linear_type: str | None = "Affine",
-    nonlinear_type_coarse: str | None = "SyN",
-    nonlinear_type_fine: str | None = "SyNOnly",
+    nonlinear_type_coarse: str | None = "Greedy",
+    nonlinear_type_fine: str | None = "Greedy",
     linear_accuracy: str = "medium",
     coarse_accuracy: str = "medium",
     fine_accuracy: str = "medium",
@@ -203,15 +203,18 @@ def register(
         ``[(1, 64), (0, 32)]``; each pass registers its blocks through everything found so
         far and adds its blended field in front. Default: one pass on ``fine_level``.
     linear_type, nonlinear_type_coarse, nonlinear_type_fine
-        ``Translation``/``Rigid``/``Similarity``/``Affine``; ``SyNOnly``/``SyN``/``Elastic``
-        or ``None`` to skip that step.
+        ``Translation``/``Rigid``/``Similarity``/``Affine``; ``Greedy`` (the default: the
+        compiled engine, :mod:`~ngffreg.registration.greedy`), ``GreedySVF`` (its
+        stationary-velocity form), or the ANTs types ``SyNOnly``/``SyN``/``Elastic``; or
+        ``None`` to skip that step.
     linear_accuracy, coarse_accuracy, fine_accuracy
         ``low``, ``medium`` or ``high`` (iteration schedules in
         :mod:`ngffreg.registration.ants_backend`).
     method
-        The block method: a name (``"ants-syn"``, ``"ants-affine"``) or a callable
-        ``(fixed, moving, initial, info) -> BlockResult``; default ANTs SyN with
-        ``nonlinear_type_fine`` and ``fine_accuracy``; ``"elastix-bspline"`` for elastix.
+        The block method: a name (``"greedy"``, ``"ants-syn"``, ``"ants-affine"``,
+        ``"elastix-bspline"``) or a callable ``(fixed, moving, initial, info) ->
+        BlockResult``; default: the one ``nonlinear_type_fine`` names, at
+        ``fine_accuracy``.
     backend
         The coarse step's registration: ``"ants"`` (default) or ``"elastix"`` (ITK-elastix;
         ``nonlinear_type_coarse`` ``"BSpline"`` or ``None``). Blocks choose via ``method``.
@@ -248,15 +251,17 @@ def register(
         ants_backend._check(name, value, ants_backend.ACCURACIES)
     if linear_type is not None:
         ants_backend._check("linear_type", linear_type, ants_backend.LINEAR_TYPES)
+    deformable = (*GREEDY_TYPES, *ants_backend.NONLINEAR_TYPES)
     if backend == "elastix":
-        elastix_kinds(linear_type, nonlinear_type_coarse)
+        elastix_kinds(linear_type, None if nonlinear_type_coarse in GREEDY_TYPES
+                      else nonlinear_type_coarse)
     elif backend != "ants":
         raise InputError(f"Unknown backend {backend!r}; use ants or elastix.")
     for name, value in (("nonlinear_type_coarse",
                          nonlinear_type_coarse if backend == "ants" else None),
                         ("nonlinear_type_fine", nonlinear_type_fine)):
         if value is not None:
-            ants_backend._check(name, value, ants_backend.NONLINEAR_TYPES)
+            ants_backend._check(name, value, deformable)
 
     fixed_levels = image_levels(fixed, voxel_size=fixed_voxel_size, unit=unit, name="fixed")
     moving_levels = image_levels(moving, voxel_size=moving_voxel_size, unit=unit,
@@ -265,7 +270,7 @@ def register(
     moving_levels = [lv if units(lv) == fixed_unit else to_units(lv, fixed_unit)
                      for lv in moving_levels]
     if method is None and nonlinear_type_fine is not None:
-        method = AntsSyN(accuracy=fine_accuracy, nonlinear_type=nonlinear_type_fine)
+        method = default_block_method(nonlinear_type_fine, fine_accuracy)
     elif method is not None:
         method = block_method(method)
     if method is not None and (client is not None or scheduler_address or
