@@ -51,6 +51,8 @@ from . import greedy_kernels as K
 
 METRICS = ("ncc", "ssd")
 GRADIENTS = ("central", "exact")
+#: Gaussian (voxels) applied to both images before a fit is judged on held-out voxels.
+JUDGE_SIGMA = 1.0
 #: An axis is halved for a coarser level only while it keeps this many voxels.
 MIN_LEVEL_VOXELS = 16
 _LENGTH = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([A-Za-zµμ]+)\s*$")
@@ -330,8 +332,14 @@ def register_arrays(fixed: np.ndarray, moving: np.ndarray, spacing: Any,
                 weight *= (np.asarray(fixed_mask) > 0)
             warped = np.empty_like(m0)
             K.warp_image(m0, u, spacing, warped)
-            out["held_out"] = (local_ncc(f0, m0, options.radius, weight),
-                               local_ncc(f0, warped, options.radius, weight))
+            # judged on copies smoothed alike: interpolation blurs the warped image, which
+            # alone lowers the correlation of fine structure (0.80 -> 0.78 on a brain at 4×
+            # down while the error fell from 0.76 to 0.44 voxel)
+            taps = tuple(K.gaussian_weights(JUDGE_SIGMA) for _ in range(3))
+            f1, m1 = (K.smooth(a.copy(), taps, np.empty_like(a)) for a in (f0, m0))
+            K.smooth(warped, taps, np.empty_like(warped))
+            out["held_out"] = (local_ncc(f1, m1, options.radius, weight),
+                               local_ncc(f1, warped, options.radius, weight))
         out["inverse"] = None
         if options.inverse:
             start = None

@@ -76,7 +76,7 @@ GREEDY_TYPES = ("Greedy", "GreedySVF")
 #: Iterations per level (coarse to fine) of the greedy engine for each accuracy.
 GREEDY_SCHEDULES = {"low": (30, 15, 5), "medium": (50, 25, 10), "high": (100, 50, 20)}
 #: A greedy block must raise the held-out voxels' local correlation by more than this.
-GREEDY_MIN_GAIN = 0.01
+GREEDY_MIN_GAIN = 0.0
 
 
 @dataclass(frozen=True)
