@@ -208,9 +208,10 @@ class _Level:
             self.sf = K.box_sum(fixed, np.empty(shape, np.float32), self.tmp, self.radius)
             self.sff = K.box_sum(fixed * fixed, np.empty(shape, np.float32), self.tmp,
                                  self.radius)
-            self.stats = np.empty((3, *shape), np.float32)  # sw, sww, sfw
+            # sw, sww, sfw; then (reused) three of the four boxed terms, the fourth in `last`
+            self.stats = np.empty((3, *shape), np.float32)
             self.terms = np.empty((4, *shape), np.float32)
-            self.boxed = np.empty((4, *shape), np.float32)
+            self.last = np.empty(shape, np.float32)
 
     def force_and_metric(self, u: np.ndarray, metric: str) -> float:
         """The metric's force at ``u`` into ``self.force``; returns the metric per voxel
@@ -224,17 +225,17 @@ class _Level:
             K.ssd_force(self.f, self.w, self.grad, self.mask, self.force, self.per_slice)
             return _ordered_sum(self.per_slice) / n
         sw, sww, sfw = self.stats
-        K.products(self.f, self.w, self.boxed[0], self.boxed[1])
-        K.box_sum(self.w, sw, self.tmp, self.radius)
-        K.box_sum(self.boxed[0], sww, self.tmp, self.radius)
-        K.box_sum(self.boxed[1], sfw, self.tmp, self.radius)
         ta, tb, tc, td = self.terms
+        K.products(self.f, self.w, ta, tb)  # w², f·w
+        K.box_sum(self.w, sw, self.tmp, self.radius)
+        K.box_sum(ta, sww, self.tmp, self.radius)
+        K.box_sum(tb, sfw, self.tmp, self.radius)
         K.ncc_terms(self.sf, self.sff, sw, sww, sfw, self.radius, self.mask, self.per_slice,
                     ta, tb, tc, td)
+        boxed = (*self.stats, self.last)  # the statistics are used up
         for k in range(4):
-            K.box_sum(self.terms[k], self.boxed[k], self.tmp, self.radius)
-        ba, bb, bc, bd = self.boxed
-        K.ncc_force(self.f, self.w, self.grad, ba, bb, bc, bd, self.mask, self.force)
+            K.box_sum(self.terms[k], boxed[k], self.tmp, self.radius)
+        K.ncc_force(self.f, self.w, self.grad, *boxed, self.mask, self.force)
         return _ordered_sum(self.per_slice) / n
 
 
@@ -322,6 +323,8 @@ def register_arrays(fixed: np.ndarray, moving: np.ndarray, spacing: Any,
         with _threads_for(fs[li].size):
             u, w, record = _run_level(lev, its, options, unit, u, w, ratio)
         levels.append({"shape": list(lev.shape), "factor": factors[li].tolist(), **record})
+        del lev  # its buffers go before the next level's (or the judging) are made
+    del fs, ms, ks
     out: dict[str, Any] = {"u": u, "levels": levels}
     with _threads_for(fixed.size):
         if hold_out is not None:
@@ -420,9 +423,15 @@ def local_ncc(fixed: np.ndarray, moving: np.ndarray, radius: Any,
               else np.ascontiguousarray(weight, dtype=np.float32))
     tmp = np.empty(f.shape, np.float32)
     prod = np.empty((2, *f.shape), np.float32)
+    sums = np.empty((5, *f.shape), np.float32)  # f, f², m, m², f·m
+    K.products(f, f, prod[0], prod[1])
+    K.box_sum(f, sums[0], tmp, radius)
+    K.box_sum(prod[0], sums[1], tmp, radius)
     K.products(f, m, prod[0], prod[1])
-    sums = [K.box_sum(a, np.empty(f.shape, np.float32), tmp, radius)
-            for a in (f, f * f, m, prod[0], prod[1])]
+    K.box_sum(m, sums[2], tmp, radius)
+    K.box_sum(prod[0], sums[3], tmp, radius)
+    K.box_sum(prod[1], sums[4], tmp, radius)
+    del prod
     terms = np.empty((4, *f.shape), np.float32)
     per = np.empty(f.shape[0], np.float64)
     K.ncc_terms(*sums, radius, weight, per, *terms)
