@@ -32,7 +32,7 @@ def _mask_points(data_dir):
 
 @pytest.fixture(scope="module")
 def phantom_run(tmp_path_factory, data_dir):
-    """The full pipeline on greedy phantom01 (known rigid truth): rigid coarse step, SyN
+    """The full pipeline on greedy phantom01 (known rigid truth): rigid coarse step, greedy
     blocks on the 2 mm level (8 blocks), written to an output store."""
     out = tmp_path_factory.mktemp("phantom") / "out.ome.zarr"
     d = data_dir / "greedy"
@@ -59,10 +59,15 @@ def test_phantom_rigid_pipeline_is_within_half_a_millimetre_of_the_truth(data_di
 def test_phantom_blocks_run_and_report(phantom_run):
     result, _ = phantom_run
     assert len(result.blocks) == 8
+    statuses = {r["status"] for r in result.blocks}
+    assert statuses <= {"ok", "declined"}, result.table
     for r in result.blocks:
-        assert r["status"] == "ok", result.table
-        assert r["ncc_after"] >= r["ncc_before"] - 0.01
-        assert r["jacobian_min"] > 0
+        # every block was fitted and judged on held-out voxels: kept only where it gained
+        gain = r["held_out_after"] - r["held_out_before"]
+        assert (gain > 0) == (r["status"] == "ok"), r
+        if r["status"] == "ok":
+            assert r["ncc_after"] >= r["ncc_before"] - 0.01
+            assert r["jacobian_min"] > 0
 
 
 @pytest.mark.slow

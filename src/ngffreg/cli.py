@@ -158,7 +158,8 @@ REGISTER_OPTIONS: dict[str, tuple[type, str]] = {
     "downsample_factor": (float, "pyramid downsampling of the coarse level (default 4)"),
     "coarse_level": (int, "pyramid level of the coarse step (overrides the factor)"),
     "fine_level": (int, "fixed level the blocks register at (default 0)"),
-    "chunk_size": (str, "block core size: voxels (64 or 64,96,96), a length (2mm) or auto"),
+    "chunk_size": (str, "block core size: voxels (default 64; or 64,96,96), a length (2mm) "
+                   "or auto"),
     "block_memory": (str, "with --chunk-size auto: memory per block registration (1GiB)"),
     "overlap_fraction": (float, "overlap per side as a fraction of the block (default 0.25)"),
     "block_levels": (str, "multi-resolution blocks, coarse to fine: LEVEL:SIZE,… e.g. 1:64,0:32"),
@@ -167,6 +168,8 @@ REGISTER_OPTIONS: dict[str, tuple[type, str]] = {
                               "SyNOnly, Elastic; or none (default Greedy)"),
     "nonlinear_type_fine": (str, "block registration: Greedy (the compiled engine), GreedySVF, "
                             "or ANTs' SyNOnly, SyN, Elastic; or none (default Greedy)"),
+    "block_method": (str, "the block registration by name: greedy (the default, from "
+                     "--nonlinear-type-fine), ants-syn, ants-affine or elastix-bspline"),
     "linear_accuracy": (str, "low, medium, high (default medium)"),
     "coarse_accuracy": (str, "low, medium, high (default medium)"),
     "fine_accuracy": (str, "low, medium, high (default medium)"),
@@ -376,6 +379,8 @@ def register_options(args: argparse.Namespace) -> dict:
         value = getattr(args, key)
         if value is not None:
             options[key] = _config_value(key, value, "--" + key.replace("_", "-"))
+    if "block_method" in options:  # register() calls it method=
+        options["method"] = options.pop("block_method")
     return options
 
 

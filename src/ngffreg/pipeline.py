@@ -57,7 +57,7 @@ class ChunkedRegistration:
     """
 
     def __init__(self, fixed_image_path: Any, moving_image_path: Any, output_dir: Any = None,
-                 downsample_factor: float = 4, chunk_size: Any = 128,
+                 downsample_factor: float = 4, chunk_size: Any = 64,
                  overlap_fraction: float = 0.25, prefer_dask: bool = True, *,
                  workers: int | None = None, client: Any = None, fine_level: int = 0,
                  method: Any = None, backend: str = "ants",

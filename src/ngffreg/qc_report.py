@@ -535,7 +535,7 @@ def read_blocks(output_store: Any) -> list[BlockPass]:
 
 
 def _gain(record: dict[str, Any] | None) -> float:
-    if not record or record.get("status") in ("failed", "skipped"):
+    if not record or record.get("status") in ("failed", "skipped", "declined"):
         return float("nan")
     try:
         value = float(record["ncc_after"]) - float(record["ncc_before"])
@@ -552,6 +552,7 @@ def _status(record: dict[str, Any] | None) -> str:
 _STYLE = {"ok": (None, "", "0.25", 0.6), "rejected": (None, "xx", "red", 2.0),
           "failed": ("white", "xx", "black", 1.2), "skipped": ((0.85, 0.85, 0.85), "//",
                                                                "0.55", 0.6),
+          "declined": ((0.75, 0.85, 0.95), "\\\\", "0.45", 0.6),
           "missing": ("white", "..", "0.5", 0.6)}
 
 
@@ -606,7 +607,8 @@ def _draw_blocks(ax: Any, bp: BlockPass, q: int, layer: int, cmap: Any, norm: An
     if text and len(cells) <= 64:
         size = 8 if len(cells) <= 16 else 6
         for h, v, bid, status, gain in labels:
-            mark = {"rejected": " R", "failed": " F", "skipped": " S", "missing": " ?"}
+            mark = {"rejected": " R", "failed": " F", "skipped": " S", "declined": " D",
+                    "missing": " ?"}
             label = f"{bid}{mark.get(status, '')}"
             if len(cells) <= 16 and status in ("ok", "rejected"):
                 label += f"\n{gain:+.3f}" if np.isfinite(gain) else "\nn/a"
@@ -626,7 +628,9 @@ def _status_legend(fig: Any, passes: list[BlockPass]) -> None:
     handles = []
     names = {"rejected": "rejected (R): folded or got worse; filled from neighbours",
              "failed": "failed (F): filled from neighbours",
-             "skipped": "skipped (S): no signal", "missing": "no record (?)"}
+             "skipped": "skipped (S): no signal",
+             "declined": "declined (D): no gain on held-out voxels; coarse map kept",
+             "missing": "no record (?)"}
     for status, text in names.items():
         if status in seen:
             face, hatch, edge, width = _STYLE[status]
@@ -711,7 +715,7 @@ def _status_counts(passes: list[BlockPass]) -> dict[str, int]:
 
 
 def _counts_text(counts: dict[str, int]) -> str:
-    order = ("ok", "rejected", "failed", "skipped", "missing")
+    order = ("ok", "rejected", "failed", "skipped", "declined", "missing")
     return ", ".join(f"{counts[s]} {s}" for s in order if counts.get(s)) or "no blocks"
 
 
@@ -1138,7 +1142,8 @@ def _block_table(rows: list[dict[str, Any]]) -> str:
     body = []
     for r in rows:
         status = str(r.get("status") or "")
-        cls = "flagged" if status in FLAGGED else "skipped" if status == "skipped" else ""
+        cls = ("flagged" if status in FLAGGED
+               else "skipped" if status in ("skipped", "declined") else "")
         cells = []
         for k in keys:
             v = r.get(k)

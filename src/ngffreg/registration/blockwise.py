@@ -425,6 +425,7 @@ def _collect(client: Any, pending: list[Any], by_key: dict[str, Block], work: Pa
 def block_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One flat row per block for the QC table."""
     keys = ("id", "index", "status", "foreground", "ncc_before", "ncc_after", "jacobian_min",
-            "jacobian_max", "displacement_max", "seconds", "worker", "message")
+            "jacobian_max", "displacement_max", "held_out_before", "held_out_after",
+            "seconds", "method_seconds", "worker", "message")
     return [{k: r.get(k) for k in keys} for r in records]
 

@@ -75,8 +75,8 @@ class GreedyOptions:
     radius: Any = 2
     iterations: tuple[int, ...] = (50, 25, 10)
     step: float = 1.0
-    sigma_update: Any = 2.5
-    sigma_field: Any = 1.0
+    sigma_update: Any = 1.732
+    sigma_field: Any = 0.707
     velocity: bool = False
     inverse: bool = True
     inverse_iterations: int = 30

@@ -99,8 +99,8 @@ class Greedy:
     radius: Any = 2
     iterations: tuple[int, ...] | None = None
     step: float = 1.0
-    sigma_update: Any = 2.5
-    sigma_field: Any = 1.0
+    sigma_update: Any = 1.732
+    sigma_field: Any = 0.707
     velocity: bool = False
     hold_out_cell: int = 4
     gradient: str = "central"

@@ -147,7 +147,7 @@ def register(
     coarse_memory_budget: Any = None,
     fine_level: int | None = 0,
     fine_spacing: Any = None,
-    chunk_size: Any = 128,
+    chunk_size: Any = 64,
     overlap_fraction: float = 0.25,
     block_levels: Any = None,
     block_memory: Any = "1 GiB",
