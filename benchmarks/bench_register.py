@@ -24,6 +24,7 @@ Usage::
     .venv/bin/python benchmarks/bench_register.py --quick            # level 1, ngffreg only
     .venv/bin/python benchmarks/bench_register.py --quick --ants     # + default ANTs SyN
     .venv/bin/python benchmarks/bench_register.py --level 0 --ants --ants-full   # the issue's
+    .venv/bin/python benchmarks/bench_register.py --level 0 --defaults           # issue 14
 
 Results are appended to ``benchmarks/results/register.json``; a Markdown table is printed.
 """
@@ -88,9 +89,13 @@ _NGFFREG = _LOAD + """
 from ngffreg.registration.register import register
 if __name__ == "__main__":
     t = time.perf_counter()
-    r = register(fixed, moving, downsample_factor=2, chunk_size=int(sys.argv[2]),
-                 fine_accuracy=sys.argv[3], workers=int(sys.argv[4]))
+    if sys.argv[2] == "defaults":  # ngffreg at its defaults, nothing but the worker count
+        r = register(fixed, moving, workers=int(sys.argv[4]))
+    else:
+        r = register(fixed, moving, downsample_factor=2, chunk_size=int(sys.argv[2]),
+                     fine_accuracy=sys.argv[3], workers=int(sys.argv[4]))
     report(r.transform, time.perf_counter() - t)
+    print("TIMING " + " ".join(f"{k}={v:.1f}" for k, v in r.timings.items()), flush=True)
 """
 
 _ANTS = _LOAD + """
@@ -125,6 +130,8 @@ def main() -> None:
     p.add_argument("--level", type=int, default=None)
     p.add_argument("--chunk-size", type=int, default=None)
     p.add_argument("--fine-accuracy", default="low")
+    p.add_argument("--defaults", action="store_true",
+                   help="ngffreg at its defaults (only --workers is passed)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--no-ngffreg", action="store_true", help="only the ANTs runs")
     p.add_argument("--ants", action="store_true", help="also whole-volume default ANTs SyN")
@@ -141,7 +148,8 @@ def main() -> None:
         run_sampled([PY, "-c", _MAKE, str(level), str(work), str(data)])
     runs = {}
     if not args.no_ngffreg:
-        runs["ngffreg"] = _run(_NGFFREG, [str(work), str(chunk), args.fine_accuracy,
+        runs["ngffreg"] = _run(_NGFFREG, [str(work), "defaults" if args.defaults
+                                          else str(chunk), args.fine_accuracy,
                                           str(args.workers)], "ngffreg")
     if args.ants:
         runs["ants_syn"] = _run(_ANTS, [str(work), "SyN"], "ants SyN")
@@ -151,7 +159,9 @@ def main() -> None:
     record = {"date": time.strftime("%Y-%m-%d %H:%M"),
               "machine": f"{platform.machine()}, {psutil.cpu_count()} cores, "
                          f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM",
-              "level": level, "chunk_size": chunk, "fine_accuracy": args.fine_accuracy,
+              "level": level, "defaults": args.defaults,
+              "chunk_size": None if args.defaults else chunk,
+              "fine_accuracy": None if args.defaults else args.fine_accuracy,
               "workers": args.workers, "runs": runs}
     RESULTS.parent.mkdir(exist_ok=True)
     old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []

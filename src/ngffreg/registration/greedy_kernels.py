@@ -296,12 +296,17 @@ def upsample(u, out, ratio):
 def _conv_x(src, dst, w):
     nz, ny, nx = src.shape
     h = (len(w) - 1) // 2
+    m = len(w)
     for z in prange(nz):
         for y in range(ny):
             for x in range(nx):
                 acc = 0.0
-                for k in range(len(w)):
-                    acc += w[k] * src[z, y, min(max(x + k - h, 0), nx - 1)]
+                if h <= x < nx - h:  # inside: no clamping
+                    for k in range(m):
+                        acc += w[k] * src[z, y, x + k - h]
+                else:
+                    for k in range(m):
+                        acc += w[k] * src[z, y, min(max(x + k - h, 0), nx - 1)]
                 dst[z, y, x] = acc
 
 
