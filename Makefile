@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ngffreg-installed
 DEMO   := demo-output
 
-.PHONY: install demo test docs lint bench-convert bench-points clean
+.PHONY: install demo test docs lint bench-convert bench-points greedy-env clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,17 @@ bench: $(STAMP)
 
 bench-full: $(STAMP)
 	NGFFREG_DATA_DIR=$${NGFFREG_DATA_DIR:-$(abspath ../shared/data)} $(PY) benchmarks/bench.py --full $(BENCH_ARGS)
+
+# The reference greedy (PyPI picsl-greedy) for benchmarks/bench_blocks.py --greedy-python: a
+# benchmark reference only, in an environment of its own; never a dependency of ngffreg and
+# never imported in .venv.
+GREEDY_ENV := benchmarks/_envs/greedy
+$(GREEDY_ENV)/.installed:
+	$(PYTHON) -m venv $(GREEDY_ENV)
+	$(GREEDY_ENV)/bin/pip install picsl-greedy==1.4.0.3 numpy SimpleITK
+	touch $@
+
+greedy-env: $(GREEDY_ENV)/.installed
 
 clean:
 	rm -rf $(DEMO) .pytest_cache site
