@@ -25,7 +25,8 @@ from .transforms.model import Transform
 from .units import normalize_unit, unit_factor
 
 Region = tuple[slice, slice, slice]
-_LENGTH = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([A-Za-zµμ]+)\s*$")
+#: A length with its unit, e.g. ``"1.5 mm"``: the number and the unit.
+LENGTH = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([A-Za-zµμ]+)\s*$")
 
 
 def subgrid(grid: Grid, region: Region) -> Grid:
@@ -34,6 +35,13 @@ def subgrid(grid: Grid, region: Region) -> Grid:
     shape = [len(range(*s.indices(n))) for s, n in zip(region, grid.shape, strict=True)]
     return Grid(shape, grid.spacing, grid.frame_origin + grid.spacing * start, grid.direction,
                 grid.unit)
+
+
+def core_slices(core: Seq[tuple[int, int]], region: Seq[tuple[int, int]]
+                ) -> tuple[slice, slice, slice]:
+    """A block's core as index slices of its grown region (both in level voxels)."""
+    return tuple(slice(c0 - r0, c1 - r0)  # type: ignore[return-value]
+                 for (c0, c1), (r0, _) in zip(core, region, strict=True))
 
 
 def index_points(grid: Grid, index: np.ndarray) -> np.ndarray:
@@ -51,7 +59,7 @@ def block_shape(chunk_size: Any, grid: Grid) -> tuple[int, int, int]:
     out = []
     for v, step in zip(values, grid.spacing, strict=True):
         if isinstance(v, str):
-            m = _LENGTH.match(v)
+            m = LENGTH.match(v)
             if m is None:
                 try:
                     v = int(v)

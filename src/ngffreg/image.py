@@ -408,6 +408,15 @@ class Grid:
     def is_axis_aligned(self) -> bool:
         return bool(np.allclose(self.direction, np.eye(3)))
 
+    def matches(self, other: Grid) -> bool:
+        """Whether ``other`` is the same grid: shape and unit, spacing (relative 1e-6),
+        origin (within 1e-6 of the largest spacing) and direction (1e-9)."""
+        tol = 1e-6 * float(np.max(self.spacing))
+        return (self.shape == other.shape and self.unit == other.unit
+                and np.allclose(self.spacing, other.spacing, rtol=1e-6, atol=0)
+                and np.allclose(self.frame_origin, other.frame_origin, rtol=0, atol=tol)
+                and np.allclose(self.direction, other.direction, atol=1e-9))
+
     def points(self, region: tuple[slice, ...] | None = None) -> np.ndarray:
         """Physical positions (N, 3) of the grid points in ``region`` (C order)."""
         region = region or tuple(slice(0, n) for n in self.shape)

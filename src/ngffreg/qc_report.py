@@ -153,14 +153,6 @@ class Frame:
         return f"{name} ({short_unit(unit)})"
 
 
-def _same_grid(a: Grid, b: Grid) -> bool:
-    tol = 1e-6 * float(np.max(a.spacing))
-    return (a.shape == b.shape and a.unit == b.unit
-            and np.allclose(a.spacing, b.spacing, rtol=1e-6, atol=0)
-            and np.allclose(a.frame_origin, b.frame_origin, rtol=0, atol=tol)
-            and np.allclose(a.direction, b.direction, atol=1e-9))
-
-
 # ---------------------------------------------------------------------------------------
 # the store and its inputs
 # ---------------------------------------------------------------------------------------
@@ -278,7 +270,7 @@ def _resampled_plane(levels: list[xr.DataArray], grid: Grid, k: int, index: int
     from .warp import choose_moving_level, warp
 
     for lv in levels:
-        if _same_grid(Grid.of(lv), grid):
+        if Grid.of(lv).matches(grid):
             return _isel(lv, k, index)
     # the coarsest level no coarser than the grid (nothing under-sampled, little read)
     lv = levels[choose_moving_level(levels, grid.spacing, grid.unit)[0]]

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..blocks import Block, BlockPlan, moving_region, subgrid
+from ..blocks import Block, BlockPlan, core_slices, moving_region, subgrid
 from ..image import Grid, load, units
 from ..qc import jacobian_determinant, ncc
 from ..transforms.model import Transform, sample_field
@@ -102,11 +102,6 @@ def _block_record(block: Block) -> dict[str, Any]:
             "region": [list(r) for r in block.region], "foreground": block.foreground}
 
 
-def _core_mask(block: Block) -> tuple[slice, slice, slice]:
-    return tuple(slice(c0 - r0, c1 - r0)  # type: ignore[return-value]
-                 for (c0, c1), (r0, _) in zip(block.core, block.region, strict=True))
-
-
 def register_block(*args: Any, **kwargs: Any) -> dict[str, Any]:
     """Register one block (see :func:`_register_block`). Every dask computation inside
     runs here, on the calling thread: a block task on a cluster worker must not send work
@@ -152,7 +147,7 @@ def _register_block(
         record["moving_region"] = [[s.start, s.stop] for s in region]
         moving_part = load(moving.isel(z=region[0], y=region[1], x=region[2]))
         prewarped = load(warp(moving_part, initial, like=bgrid, interpolator=PREWARP_INTERPOLATOR))
-        core = _core_mask(block)
+        core = core_slices(block.core, block.region)
         before = ncc(fixed_block.values[core], prewarped.values[core])
         info = BlockInfo(block.id, block.index, block.core, block.region, plan.level,
                          units(fixed))
@@ -164,36 +159,11 @@ def _register_block(
                             "not a BlockResult")
         if result.metrics:
             record.update({k: _plain(v) for k, v in result.metrics.items()})
-        if result.status == "declined":  # better left to the pre-warp transform
+        if result.status == "declined":  # left to the pre-warp transform: zero residual
             record.update(ncc_before=before, ncc_after=before, status="declined",
-                          message=result.message or "declined by the block method",
-                          seconds=time.perf_counter() - t0)
-            if work is not None:
-                _write_block(Path(work), block, zero, record)
-                with contextlib.suppress(OSError):
-                    _running_path(work, block.id).unlink()
-            return record
-        if result.status != "ok" or result.transform is None:
-            raise RuntimeError(result.message or f"the block method answered {result.status}")
-        residual = result.transform
-        field = _field_on(residual, bgrid)
-        if result.valid is not None:
-            field = np.where(np.asarray(result.valid, dtype=bool)[None], field, 0.0)
-        after_img = load(warp(prewarped, residual, like=bgrid, interpolator="linear"))
-        after = ncc(fixed_block.values[core], after_img.values[core])
-        jac = jacobian_determinant(field, bgrid.spacing, bgrid.direction)[core]
-        record.update(ncc_before=before, ncc_after=after, jacobian_min=float(jac.min()),
-                      core_mean=[float(v) for v in
-                                 field[(slice(None), *core)].reshape(3, -1).mean(axis=1)],
-                      jacobian_max=float(jac.max()),
-                      displacement_max=float(np.sqrt((field ** 2).sum(axis=0)).max()))
-        if not jac.min() > 0:
-            record.update(status="rejected", message="the residual folds (Jacobian ≤ 0)")
-        elif np.isfinite(before) and np.isfinite(after) and after < before - NCC_TOLERANCE:
-            record.update(status="rejected",
-                          message=f"correlation fell from {before:.3f} to {after:.3f}")
+                          message=result.message or "declined by the block method")
         else:
-            record.update(status="ok", message="")
+            field = _judge(result, record, fixed_block, prewarped, bgrid, core, before)
     except Exception as exc:  # a block's failure is recorded, never fatal to the run
         record.update(status="failed", message=f"{type(exc).__name__}: {exc}",
                       traceback=traceback.format_exc(limit=4))
@@ -203,6 +173,36 @@ def _register_block(
         with contextlib.suppress(OSError):
             _running_path(work, block.id).unlink()
     return record
+
+
+def _judge(result: BlockResult, record: dict[str, Any], fixed_block: xr.DataArray,
+           prewarped: xr.DataArray, bgrid: Grid, core: tuple[slice, ...],
+           before: float) -> np.ndarray:
+    """The residual field of an answer that is not declined, measured into ``record``
+    (correlation after, Jacobian range, largest displacement) with its status: ``ok``, or
+    ``rejected`` when it folds or lowers the correlation. Raises for a failed answer."""
+    if result.status != "ok" or result.transform is None:
+        raise RuntimeError(result.message or f"the block method answered {result.status}")
+    residual = result.transform
+    field = _field_on(residual, bgrid)
+    if result.valid is not None:
+        field = np.where(np.asarray(result.valid, dtype=bool)[None], field, 0.0)
+    after_img = load(warp(prewarped, residual, like=bgrid, interpolator="linear"))
+    after = ncc(fixed_block.values[core], after_img.values[core])
+    jac = jacobian_determinant(field, bgrid.spacing, bgrid.direction)[core]
+    record.update(ncc_before=before, ncc_after=after, jacobian_min=float(jac.min()),
+                  core_mean=[float(v) for v in
+                             field[(slice(None), *core)].reshape(3, -1).mean(axis=1)],
+                  jacobian_max=float(jac.max()),
+                  displacement_max=float(np.sqrt((field ** 2).sum(axis=0)).max()))
+    if not jac.min() > 0:
+        record.update(status="rejected", message="the residual folds (Jacobian ≤ 0)")
+    elif np.isfinite(before) and np.isfinite(after) and after < before - NCC_TOLERANCE:
+        record.update(status="rejected",
+                      message=f"correlation fell from {before:.3f} to {after:.3f}")
+    else:
+        record.update(status="ok", message="")
+    return field
 
 
 def _plain(value: Any) -> Any:
@@ -219,12 +219,8 @@ def _field_on(residual: Transform, grid: Grid) -> np.ndarray:
     when it is a displacement field on that very grid, else sampled."""
     from ..transforms.model import DisplacementField
 
-    if isinstance(residual, DisplacementField):
-        g = residual.grid
-        if (g.shape == grid.shape and np.allclose(g.spacing, grid.spacing)
-                and np.allclose(g.origin, grid.origin, atol=1e-6 * float(grid.spacing.min()))
-                and np.allclose(g.direction, grid.direction)):
-            return np.asarray(residual.field.values, dtype=np.float32)
+    if isinstance(residual, DisplacementField) and residual.grid.matches(grid):
+        return np.asarray(residual.field.values, dtype=np.float32)
     return np.asarray(sample_field(residual, like=grid).field.data.compute(
         scheduler="synchronous"), dtype=np.float32)
 

@@ -109,6 +109,14 @@ def matching_level(levels: Seq[xr.DataArray], like: xr.DataArray) -> int:
     return int(np.argmin(costs))
 
 
+def _moving_like(moving_levels: Seq[xr.DataArray], fixed: xr.DataArray
+                 ) -> tuple[int, xr.DataArray]:
+    """The moving level matching ``fixed`` (:func:`matching_level`), in ``fixed``'s unit."""
+    i = matching_level(moving_levels, fixed)
+    moving = moving_levels[i]
+    return i, to_units(moving, units(fixed)) if units(moving) != units(fixed) else moving
+
+
 @dataclass
 class CoarseResult:
     """The coarse registration: ``transform`` (fixed → moving), ``inverse``, the levels it
@@ -178,10 +186,7 @@ def coarse_register(
     fi = pick_level(fixed_levels, downsample_factor=downsample_factor,
                     target_spacing=target_spacing, memory_budget=memory_budget, level=level)
     fixed = fixed_levels[fi]
-    mi = matching_level(moving_levels, fixed)
-    moving = moving_levels[mi]
-    if units(moving) != units(fixed):
-        moving = to_units(moving, units(fixed))
+    mi, moving = _moving_like(moving_levels, fixed)
     fixed, moving = load(fixed), load(moving)
     t0 = time.perf_counter()
     if stages and backend == "elastix":
@@ -197,8 +202,7 @@ def coarse_register(
             # ANTs' linear schedules stop one halving short of the image they get: given the
             # level twice finer, they end at the coarse level's own resolution
             lf = load(fixed_levels[fi - 1])
-            lm = moving_levels[matching_level(moving_levels, lf)]
-            lm = load(to_units(lm, units(lf)) if units(lm) != units(lf) else lm)
+            lm = load(_moving_like(moving_levels, lf)[1])
         result = call_in_child(  # one ITK thread: the same answer run after run
             ants_backend.run_ants, lf, lm, stages, fixed_mask=_mask_on(fixed_mask, lf),
             moving_mask=_mask_on(moving_mask, lm), random_seed=random_seed,

@@ -35,7 +35,6 @@ for bit whatever the number of threads.
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +42,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ..blocks import LENGTH
 from ..errors import InputError
 from ..image import Grid
 from ..transforms.model import DisplacementField
@@ -55,7 +55,6 @@ GRADIENTS = ("central", "exact")
 JUDGE_SIGMA = 1.0
 #: An axis is halved for a coarser level only while it keeps this many voxels.
 MIN_LEVEL_VOXELS = 16
-_LENGTH = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([A-Za-zµμ]+)\s*$")
 
 
 @dataclass(frozen=True)
@@ -64,7 +63,8 @@ class GreedyOptions:
 
     ``iterations`` lists the steps per level, coarsest first (its length is the number of
     levels; each level halves the finer one's axes, except axes already much coarser
-    than the others). ``radius``: NCC window half-width in voxels (one or z, y, x).
+    than the others). ``radius``: NCC window half-width in voxels (one or z, y, x; kept
+    as z, y, x).
     ``sigma_update``/``sigma_field``: voxels or lengths (``"60 um"``). ``step``: the
     largest update per iteration, voxels. ``inverse_iterations``: fixed-point steps of the
     inverse (at most). The defaults were chosen on brain blocks under a known deformation
@@ -98,6 +98,7 @@ class GreedyOptions:
         if np.any(rad < 1) or np.any(rad != np.round(rad)):
             raise InputError(f"radius must be whole voxels ≥ 1 (one or z, y, x); got "
                              f"{self.radius!r}.")
+        object.__setattr__(self, "radius", tuple(int(r) for r in rad))  # z, y, x
         if not self.step > 0:
             raise InputError(f"step must be a positive number of voxels; got {self.step!r}.")
         for name in ("sigma_update", "sigma_field"):
@@ -118,7 +119,7 @@ class GreedyResult:
 def _sigma_value(value: Any, name: str) -> tuple[float, str | None]:
     """``(amount, unit)``: a number is voxels (unit None); ``"80 um"`` a length."""
     if isinstance(value, str):
-        m = _LENGTH.match(value)
+        m = LENGTH.match(value)
         if m is None:
             try:
                 return float(value), None
@@ -203,7 +204,7 @@ class _Level:
         if options.gradient == "central":
             self.mgrad = np.empty((3, *shape), np.float32)
             K.central_gradient(moving, self.spacing, self.mgrad)
-        self.radius = np.broadcast_to(np.asarray(options.radius, dtype=np.int64), (3,)).copy()
+        self.radius = np.asarray(options.radius, dtype=np.int64)
         if options.metric == "ncc":
             self.sf = K.box_sum(fixed, np.empty(shape, np.float32), self.tmp, self.radius)
             self.sff = K.box_sum(fixed * fixed, np.empty(shape, np.float32), self.tmp,
@@ -471,10 +472,7 @@ def greedy_register(fixed: xr.DataArray, moving: xr.DataArray,
     image onto the fixed grid first, e.g. through an affine): the fixed → moving map and
     its inverse as displacement fields on the fixed grid (see the module docstring)."""
     grid = Grid.of(fixed)
-    mgrid = Grid.of(moving)
-    if (mgrid.shape != grid.shape or not np.allclose(mgrid.spacing, grid.spacing)
-            or not np.allclose(mgrid.origin, grid.origin, atol=1e-6 * float(grid.spacing.min()))
-            or not np.allclose(mgrid.direction, grid.direction)):
+    if not Grid.of(moving).matches(grid):
         raise InputError("The greedy engine registers two images on one grid; resample the "
                          "moving image onto the fixed grid first (ngffreg.warp(moving, "
                          "initial_transform, like=fixed)).")

@@ -40,6 +40,7 @@ from typing import Any, ClassVar
 import numpy as np
 import xarray as xr
 
+from ..blocks import core_slices
 from ..errors import InputError
 from ..transforms.model import Transform
 from . import ants_backend, elastix_backend, greedy
@@ -123,10 +124,8 @@ class Greedy:
                  info: BlockInfo) -> BlockResult:
         hold = (greedy.hold_out_cells(fixed.shape, self.hold_out_cell)
                 if self.hold_out_cell else None)
-        core = tuple(slice(c0 - r0, c1 - r0) for (c0, c1), (r0, _) in
-                     zip(info.core, info.region, strict=True))
         result = greedy.greedy_register(fixed, moving, self.options(), hold_out=hold,
-                                        judge=core)
+                                        judge=core_slices(info.core, info.region))
         if result.held_out is not None:
             before, after = result.held_out
             if not after - before > self.min_gain:

@@ -30,7 +30,7 @@ import numpy as np
 from ..blocks import BlockPlan
 from ..image import SPATIAL_DIMS
 from ..transforms.model import DisplacementField
-from .blockwise import read_field
+from .blockwise import KEPT, read_field
 
 
 def default_blend_sigma(plan: BlockPlan) -> float:
@@ -64,7 +64,7 @@ def fill_vectors(plan: BlockPlan, records: list[dict[str, Any]]) -> dict[int, np
         rec = by_id[b.id]
         if rec["status"] == "ok":
             continue
-        if rec["status"] in ("skipped", "declined"):
+        if rec["status"] in KEPT:
             fills[b.id] = np.zeros(3)
             continue
         means = [np.asarray(by_id[o.id]["core_mean"]) for o in plan.neighbours(b)
