@@ -67,13 +67,13 @@ import platform
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import psutil
+from bench_convert import TreeSampler
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -314,43 +314,24 @@ def run_child(cmd: list[str], label: str) -> dict[str, Any]:
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env)
-    peak, threads = 0, 0
-    stop = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak, threads
-        try:
-            root = psutil.Process(proc.pid)
-        except psutil.NoSuchProcess:
-            return
-        while not stop.is_set():
-            try:
-                procs = [root, *root.children(recursive=True)]
-                peak = max(peak, sum(p.memory_info().rss for p in procs))
-                threads = max(threads, sum(p.num_threads() for p in procs))
-            except psutil.Error:
-                pass
-            stop.wait(0.1)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
     blocks, warmup, log = [], None, []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        log.append(line)
-        if line.startswith(("BLOCK ", "WARMUP ")):
-            rec = json.loads(line.split(" ", 1)[1])
-            if line.startswith("WARMUP"):
-                warmup = rec
-            else:
-                blocks.append(rec)
-            what = "warm-up" if line.startswith("WARMUP") else f"block {rec['id']}"
-            extra = (f"{rec['cpu_s']:.1f} CPU s, {rec['wall_s']:.1f} s, "
-                     f"{rec['peak_rss'] / 2**30:.2f} GiB" if "cpu_s" in rec else rec["message"])
-            print(f"  [{label}] {what}: {rec['status']}, {extra}", flush=True)
-    proc.wait()
-    stop.set()
-    sampler.join()
+    with TreeSampler(proc.pid) as sampler:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.append(line)
+            if line.startswith(("BLOCK ", "WARMUP ")):
+                rec = json.loads(line.split(" ", 1)[1])
+                if line.startswith("WARMUP"):
+                    warmup = rec
+                else:
+                    blocks.append(rec)
+                what = "warm-up" if line.startswith("WARMUP") else f"block {rec['id']}"
+                extra = (f"{rec['cpu_s']:.1f} CPU s, {rec['wall_s']:.1f} s, "
+                         f"{rec['peak_rss'] / 2**30:.2f} GiB" if "cpu_s" in rec
+                         else rec["message"])
+                print(f"  [{label}] {what}: {rec['status']}, {extra}", flush=True)
+        proc.wait()
+    peak, threads = sampler.peak, sampler.threads
     return {"returncode": proc.returncode, "child_wall_s": round(time.perf_counter() - start, 2),
             "child_peak_rss_gib": round(peak / 2**30, 3), "child_max_threads": threads,
             "warmup": warmup, "blocks": blocks, "log_tail": "".join(log)[-3000:]}

@@ -62,6 +62,38 @@ da.store(da.from_zarr(src), dst, lock=False)
 """
 
 
+class TreeSampler:
+    """The peak RSS (bytes) and the most threads of process ``pid`` and all its
+    descendants, sampled every 0.1 s by a thread while the ``with`` block runs."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak, self.threads = pid, 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        try:
+            root = psutil.Process(self.pid)
+        except psutil.NoSuchProcess:
+            return
+        while not self._stop.is_set():
+            try:
+                procs = [p for p in (root, *root.children(recursive=True)) if p.is_running()]
+                self.peak = max(self.peak, sum(p.memory_info().rss for p in procs))
+                self.threads = max(self.threads, sum(p.num_threads() for p in procs))
+            except psutil.Error:
+                pass
+            self._stop.wait(0.1)
+
+    def __enter__(self) -> TreeSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def run_sampled(cmd: list[str], label: str | None = None) -> dict:
     """Run ``cmd``; return wall time and the peak RSS of its whole process tree.
 
@@ -69,36 +101,16 @@ def run_sampled(cmd: list[str], label: str | None = None) -> dict:
     ``key=value`` on a ``TIMING`` line is added to the result."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak = 0
-    stop = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        try:
-            root = psutil.Process(proc.pid)
-        except psutil.NoSuchProcess:
-            return
-        while not stop.is_set():
-            try:
-                procs = [root, *root.children(recursive=True)]
-                rss = sum(p.memory_info().rss for p in procs if p.is_running())
-                peak = max(peak, rss)
-            except psutil.Error:
-                pass
-            stop.wait(0.1)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
     lines = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        lines.append(line)
-        if label and (line.startswith("    ") or line.startswith("TIMING")):
-            print(f"  [{label}] {line.strip()}", flush=True)
-    proc.wait()
-    wall = time.perf_counter() - start
-    stop.set()
-    sampler.join()
+    with TreeSampler(proc.pid) as sampler:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if label and (line.startswith("    ") or line.startswith("TIMING")):
+                print(f"  [{label}] {line.strip()}", flush=True)
+        proc.wait()
+        wall = time.perf_counter() - start
+    peak = sampler.peak
     out = "".join(lines)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-4000:]}")
