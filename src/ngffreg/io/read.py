@@ -2,6 +2,8 @@
 
 Formats: TIFF (multi-page file, folder of planes), NIfTI / NRRD / MHA / MHD (through
 itk, direction included), N5, Zarr v2 and v3 arrays, OME-Zarr 0.4 / 0.5 / 0.6 (any level).
+An OME-Zarr 0.6 *scene* (the group above its images, as ngffreg's registered stores are)
+opens as the image it holds (:func:`scene_image`).
 """
 
 from __future__ import annotations
@@ -85,6 +87,34 @@ def ome_version(path: Path) -> str | None:
         if ms:
             return str(ms[0].get("version", "0.4"))
     return None
+
+
+def scene_image(path: Path) -> Path:
+    """The image group an OME-Zarr store opens as: the store itself when it is an image;
+    for an OME-Zarr 0.6 scene, the image it names in its ``ngffreg`` attributes, else the
+    only image its transformations reference."""
+    meta_path = path / "zarr.json"
+    if not meta_path.is_file():
+        return path
+    attrs = _read_json(meta_path).get("attributes", {})
+    ome = attrs.get("ome")
+    if not isinstance(ome, dict) or "multiscales" in ome or not isinstance(
+            ome.get("scene"), dict):
+        return path
+    named = (attrs.get("ngffreg") or {}).get("image")
+    found = [named] if isinstance(named, str) else []
+    for ct in ome["scene"].get("coordinateTransformations") or []:
+        for end in (ct.get("input"), ct.get("output")) if isinstance(ct, dict) else ():
+            ref = end.get("path") if isinstance(end, dict) else None
+            if isinstance(ref, str) and ref and ref not in found:
+                found.append(ref)
+    images = [p for p in found if ".." not in p.split("/") and not p.startswith("/")
+              and ome_version(path / p)]
+    if len(images) == 1 or (images and images[0] == named):
+        return path / images[0]
+    raise InputError(
+        f"{path} is an OME-Zarr scene holding {len(images) or 'no'} images "
+        f"({', '.join(images) or 'none referenced'}); open one of them: {path}/<image>.")
 
 
 def _resolve_spacing(
@@ -214,13 +244,20 @@ def _ome_level(path: Path, ms, level: int, voxel_size, unit, name) -> xr.DataArr
         )
     spatial = ("z", "y", "x")
     found = [img.scale.get(d) for d in spatial]
-    units_found = {(img.axes_units or {}).get(d) for d in spatial} - {None}
+    origin = [img.translation.get(d, 0.0) for d in spatial]
+    axes_units = dict(img.axes_units or {})
+    direction = None
+    placed = _placement(path, ms)
+    if placed is not None:  # an oblique image (OME-Zarr 0.6): grid → physical affine
+        transform, system = placed
+        found, origin, direction = _place(path, transform, dims, found, origin)
+        axes_units = {a.name: a.unit for a in system.axes if a.unit} or axes_units
+    units_found = {axes_units.get(d) for d in spatial} - {None}
     if len(units_found) > 1:
         raise UnitError(f"{path} mixes units {sorted(units_found)} across z, y, x.")
     spacing, chosen_unit = _resolve_spacing(
         found, units_found.pop() if units_found else None, voxel_size, unit, str(path)
     )
-    origin = [img.translation.get(d, 0.0) for d in spatial]
     # Read through zarr itself (not ngff-zarr's zarrista arrays): a dask array over a
     # zarr.Array pickles by its path, so tasks can ship to other processes and machines.
     data = _zarr_dask(path / ms.metadata.datasets[level].path, img.data)
@@ -228,7 +265,8 @@ def _ome_level(path: Path, ms, level: int, voxel_size, unit, name) -> xr.DataArr
     data = data.transpose(order)
     out_dims = tuple(dims[i] for i in order)
     return make_image(
-        data, spacing=spacing, origin=origin, unit=chosen_unit, dims=out_dims, name=name,
+        data, spacing=spacing, origin=origin, direction=direction, unit=chosen_unit,
+        dims=out_dims, name=name,
         attrs={
             "source": str(path),
             "format": f"ome-zarr-{ome_version(path)}",
@@ -236,6 +274,119 @@ def _ome_level(path: Path, ms, level: int, voxel_size, unit, name) -> xr.DataArr
             "array_path": ms.metadata.datasets[level].path,
         },
     )
+
+
+def _system_name(ref: Any) -> str | None:
+    """The name of the coordinate system of this multiscales that an ngff-zarr ``input`` or
+    ``output`` names (None for an array path, or a system of another group)."""
+    if ref is None or getattr(ref, "path", None):
+        return None
+    return getattr(ref, "name", None)
+
+
+def _written_axis_aligned(ms) -> bool:
+    """Whether ngffreg wrote the store from an image whose direction was a signed
+    permutation (its ``ngffreg`` attributes say so): its datasets alone then place it, and a
+    transform on its multiscales relates it to another space (a registration)."""
+    from ..image import is_signed_permutation
+
+    attrs = (ms.root_attributes or {}).get("ngffreg")
+    found = attrs.get("source_direction_zyx") if isinstance(attrs, dict) else None
+    try:
+        return found is not None and is_signed_permutation(np.asarray(found, dtype=np.float64))
+    except (TypeError, ValueError):
+        return False
+
+
+def _placement(path: Path, ms) -> tuple[Any, Any] | None:
+    """The transform on the multiscales that places the image in its own physical
+    coordinate system, and that system; None when the datasets alone place it.
+
+    The image's own system is, as neuroglancer reads it, the last one listed; here, the
+    last one listed that the intrinsic system (the one the datasets map to) reaches by one
+    transform of the multiscales. ngffreg writes an oblique image so (``grid`` → physical).
+    """
+    md = ms.metadata
+    systems = list(getattr(md, "coordinateSystems", None) or [])
+    transforms = list(getattr(md, "coordinateTransformations", None) or [])
+    if not systems or not transforms or _written_axis_aligned(ms):
+        return None
+    inner = md.intrinsic_coordinate_system.name
+    reached: dict[str, list[Any]] = {}
+    for t in transforms:
+        if _system_name(t.input) == inner and _system_name(t.output) not in (None, inner):
+            reached.setdefault(_system_name(t.output), []).append(t)
+    for cs in reversed(systems):
+        if cs.name in reached:
+            if len(reached[cs.name]) > 1:
+                raise InputError(
+                    f"{path} holds {len(reached[cs.name])} transforms from {inner!r} to "
+                    f"{cs.name!r}; ngffreg cannot tell which one places the image."
+                )
+            return reached[cs.name][0], cs
+    return None
+
+
+def _homogeneous(t: Any, n: int, path: Path) -> np.ndarray:
+    """The (n+1)×(n+1) homogeneous matrix of an ngff-zarr 0.6 linear transform over ``n``
+    axes: identity, scale, translation, rotation, affine, or a sequence of them."""
+    kind = getattr(t, "type", None)
+    m = np.eye(n + 1)
+    try:
+        if kind == "scale":
+            m[:n, :n] = np.diag(np.asarray(t.scale, dtype=np.float64).reshape(n))
+        elif kind == "translation":
+            m[:n, n] = np.asarray(t.translation, dtype=np.float64).reshape(n)
+        elif kind == "rotation":
+            m[:n, :n] = np.asarray(t.rotation, dtype=np.float64).reshape(n, n)
+        elif kind == "affine":
+            m[:n] = np.asarray(t.affine, dtype=np.float64).reshape(n, n + 1)
+        elif kind == "sequence":
+            for step in t.transformations:
+                m = _homogeneous(step, n, path) @ m
+        elif kind != "identity":
+            raise InputError(
+                f"{path} places its image with a {kind!r} transform, which ngffreg cannot "
+                "represent as an image geometry (origin, spacing, direction). Resample it "
+                "onto its grid first."
+            )
+    except (TypeError, ValueError) as exc:
+        raise InputError(
+            f"{path}: the {kind!r} transform that places the image is malformed for "
+            f"{n} axes: {exc}"
+        ) from exc
+    if not np.all(np.isfinite(m)):
+        raise InputError(f"{path}: the transform that places the image is not finite.")
+    return m
+
+
+def _place(path: Path, transform: Any, dims: tuple[str, ...], scale: list, translation: list):
+    """Spacing, origin and direction (z, y, x) of a level whose grid (``scale`` and
+    ``translation``) ``transform`` maps to physical space. The transform must leave axes
+    other than z, y, x alone and be a rotation with a positive scale per axis (no shear)."""
+    n = len(dims)
+    m = _homogeneous(transform, n, path)
+    where = [dims.index(d) for d in ("z", "y", "x")]
+    rest = [i for i in range(n) if i not in where]
+    if rest and not (np.allclose(m[rest], np.eye(n + 1)[rest])
+                     and np.allclose(m[np.ix_(where, rest)], 0.0)):
+        raise InputError(
+            f"{path} places its image with a transform that mixes "
+            f"{[dims[i] for i in rest]} with z, y, x; ngffreg cannot represent that."
+        )
+    linear, offset = m[np.ix_(where, where)], m[where, n]
+    stretch = np.linalg.norm(linear, axis=0)
+    if np.any(stretch == 0) or not np.allclose(
+            (linear / stretch).T @ (linear / stretch), np.eye(3), atol=1e-6):
+        raise InputError(
+            f"{path} places its image with the affine {np.round(linear, 6).tolist()} "
+            "(z, y, x), which is not a rotation with a scale per axis (it shears): ngffreg "
+            "images carry an orthonormal direction. Resample the image onto an orthogonal "
+            "grid first."
+        )
+    spacing = [None if s is None else float(s) * k for s, k in zip(scale, stretch, strict=True)]
+    origin = offset + linear @ np.asarray(translation, dtype=np.float64)
+    return spacing, origin, linear / stretch
 
 
 def _zarr_dask(array_path: Path, fallback: Any) -> Any:
@@ -326,7 +477,7 @@ def open_image(
     if fmt == "itk":
         return _open_itk(path, voxel_size, unit, name)
     if fmt == "ome-zarr":
-        return _open_ome_zarr(path, level, voxel_size, unit, name)
+        return _open_ome_zarr(scene_image(path), level, voxel_size, unit, name)
     if fmt == "zarr":
         return _open_zarr_array(path, voxel_size, unit, name)
     if fmt == "n5":
@@ -361,6 +512,7 @@ def open_levels(
     path = Path(path).expanduser()
     if detect_format(path) != "ome-zarr":
         return [open_image(path, voxel_size=voxel_size, unit=unit, name=name)]
+    path = scene_image(path)
     ms = _read_multiscales(path)
     return [
         _ome_level(path, ms, k, voxel_size, unit, name) for k in range(len(ms.images))

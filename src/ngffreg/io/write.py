@@ -15,7 +15,9 @@ How a write goes:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
+import json
 import os
 import shutil
 import time
@@ -30,10 +32,13 @@ import numpy as np
 import xarray as xr
 
 from ..errors import InputError, OrientationError, OutputError
-from ..image import SPATIAL_DIMS, direction, origin, source_direction, spacing, units
+from ..image import SPATIAL_DIMS, Grid, direction, origin, source_direction, spacing, units
 from ..pyramid import DEFAULT_CHUNKS, Method, downsample, levels, to_pyramid
 
 NGFF_VERSIONS = ("0.4", "0.5", "0.6")
+#: Name of the coordinate system an oblique image's datasets map to (OME-Zarr 0.6): the
+#: voxel grid in physical units, unrotated, with level 0's first voxel centre at 0.
+GRID_SYSTEM = "grid"
 
 
 def _multiscales(
@@ -59,10 +64,12 @@ def _multiscales(
         Axis(name=d, type=kinds.get(d, "space"), unit=unit if d in SPATIAL_DIMS else None)
         for d in dims
     ]
+    oblique = _is_oblique(levels_[0])
     images, datasets = [], []
     for k, lv in enumerate(levels_):
         sp = dict(zip(SPATIAL_DIMS, spacing(lv), strict=True))
-        org = dict(zip(SPATIAL_DIMS, origin(lv), strict=True))
+        org = dict(zip(SPATIAL_DIMS, _grid_offset(lv, levels_[0]) if oblique else origin(lv),
+                       strict=True))
         images.append(
             ngff_zarr.NgffImage(
                 data=lv.data,
@@ -84,7 +91,9 @@ def _multiscales(
             )
         )
     metadata = Metadata(axes=axes, datasets=datasets, coordinateTransformations=None, name=name)
-    if coordinate_system != "intrinsic" or axis_types:
+    if oblique:
+        metadata = _metadata_oblique(metadata, levels_[0], coordinate_system, axis_types or {})
+    elif coordinate_system != "intrinsic" or axis_types:
         metadata = _metadata_v06(metadata, coordinate_system, axis_types or {})
     return ngff_zarr.NgffMultiscales(images, metadata, root_attributes=root_attrs)
 
@@ -137,6 +146,59 @@ def _metadata_v06(metadata, coordinate_system: str, axis_types: Mapping[str, str
     )
 
 
+def _is_oblique(image: xr.DataArray) -> bool:
+    """Whether ``image`` keeps an oblique direction (signed permutations were normalised to
+    the identity when it was made)."""
+    return not np.allclose(direction(image), np.eye(3), atol=1e-6)
+
+
+def _grid_offset(level: xr.DataArray, first: xr.DataArray) -> tuple[float, ...]:
+    """Where ``level``'s first voxel centre lies in the grid frame of level ``first``: the
+    translation (z, y, x) that lines the level up with level 0 (zero for level 0)."""
+    if not np.allclose(direction(level), direction(first), atol=1e-12):
+        raise InputError(
+            "The pyramid's levels have different directions; every level of an image must "
+            "share level 0's direction."
+        )
+    offset = Grid.of(level).frame_origin - Grid.of(first).frame_origin
+    return tuple(float(v) for v in offset)
+
+
+def _placement_matrix(image: xr.DataArray, dims: Sequence[str]) -> list[list[float]]:
+    """The affine (rows and columns in ``dims`` order, last column the translation) that
+    takes grid points (``spacing ∘ index`` of level 0) to physical points:
+    ``origin + direction · grid``. Axes other than z, y, x are left as they are."""
+    n = len(dims)
+    matrix = np.eye(n + 1)[:n]
+    where = [list(dims).index(d) for d in SPATIAL_DIMS]
+    matrix[np.ix_(where, where)] = direction(image)
+    matrix[where, n] = origin(image)
+    return (matrix + 0.0).tolist()
+
+
+def _metadata_oblique(metadata, image: xr.DataArray, coordinate_system: str,
+                      axis_types: Mapping[str, str]):
+    """0.6 metadata for an oblique image: the datasets map to the unrotated grid system
+    (:data:`GRID_SYSTEM`), and one ``affine`` on the multiscales takes the grid to the
+    physical system ``coordinate_system``, listed last (the system viewers such as
+    neuroglancer take as the image's own)."""
+    from ngff_zarr.v06.zarr_metadata import Affine, CoordinateSystem, CoordinateSystemIdentifier
+
+    grid = GRID_SYSTEM if coordinate_system != GRID_SYSTEM else f"{GRID_SYSTEM}_array"
+    out = _metadata_v06(metadata, grid, axis_types)
+    axes = out.coordinateSystems[0].axes
+    out.coordinateSystems.append(CoordinateSystem(name=coordinate_system, axes=list(axes)))
+    out.coordinateTransformations = [
+        Affine(
+            affine=_placement_matrix(image, [a.name for a in axes]),
+            input=CoordinateSystemIdentifier(name=grid),
+            output=CoordinateSystemIdentifier(name=coordinate_system),
+            name=f"{grid}_to_{coordinate_system}",
+        )
+    ]
+    return out
+
+
 def _check_destination(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise OutputError(
@@ -158,12 +220,14 @@ def _check_destination(path: Path, overwrite: bool) -> None:
 
 
 def _check_orientation(image: xr.DataArray, version: str) -> None:
-    if not np.allclose(direction(image), np.eye(3), atol=1e-6):
+    """Refuse an oblique image at a version that cannot store its direction (0.4, 0.5)."""
+    if version != "0.6" and _is_oblique(image):
         raise OrientationError(
             f"The image has an oblique direction {direction(image).round(6).tolist()} (z, y, x), "
             f"which OME-Zarr {version} scale/translation metadata cannot express, and ngffreg "
-            "will not drop it silently. Resample it onto an axis-aligned grid first (e.g. with "
-            "ITK's ResampleImageFilter), then convert."
+            "will not drop it silently. Write OME-Zarr 0.6 instead (version='0.6', or "
+            "--ngff-version 0.6), which keeps it as an affine; or resample the image onto an "
+            "axis-aligned grid first (e.g. with ITK's ResampleImageFilter), then convert."
         )
 
 
@@ -204,6 +268,7 @@ def to_ome_zarr(
     axis_types: Mapping[str, str] | None = None,
     attributes: Mapping[str, Any] | None = None,
     before_publish: Callable[[Path], None] | None = None,
+    image_group: str | None = None,
 ) -> Path:
     """Write an image (as a new pyramid) or an existing pyramid to an OME-Zarr store.
 
@@ -237,6 +302,10 @@ def to_ome_zarr(
     before_publish : callable, optional
         Called with the path of the complete but hidden store just before it is renamed
         into place (e.g. to add transforms), so a failure there leaves nothing behind.
+    image_group : str, optional
+        Write the image into this group of the store and leave the store's root a plain
+        Zarr group, for ``before_publish`` to make a scene of (as a registered store is:
+        :func:`ngffreg.transforms.scene.start_scene`).
 
     Returns
     -------
@@ -247,7 +316,10 @@ def to_ome_zarr(
     -----
     A signed-permutation direction was already normalised when the image was opened, so
     scale and translation alone place every voxel; readers that know only 0.4 or 0.5 show it
-    right. An oblique direction is refused with :class:`~ngffreg.errors.OrientationError`.
+    right. An oblique direction is kept at 0.6: the datasets map to an unrotated ``grid``
+    system and one ``affine`` on the multiscales takes it to ``coordinate_system``
+    (physical point = origin + direction · grid point). 0.4 and 0.5 cannot store it, so they
+    refuse it with :class:`~ngffreg.errors.OrientationError`.
     """
     if version not in NGFF_VERSIONS:
         raise InputError(f"OME-Zarr version {version!r} is not supported: use 0.4, 0.5 or 0.6.")
@@ -287,9 +359,11 @@ def to_ome_zarr(
     tmp = path.parent / f".{path.name}.incomplete-{uuid.uuid4().hex[:8]}"
     try:
         ms = _multiscales(lv, name, root_attrs, coordinate_system, axis_types)
-        _write_levels(
-            ms, lv, tmp, name, version, chunks_per_shard, derive, method, progress
-        )
+        _write_levels(ms, lv, tmp / image_group if image_group else tmp, name, version,
+                      chunks_per_shard, derive, method, progress)
+        if image_group:
+            (tmp / "zarr.json").write_text(json.dumps(
+                {"zarr_format": 3, "node_type": "group", "attributes": {}}))
         if before_publish is not None:
             before_publish(tmp)
         _swap_into_place(tmp, path)
@@ -309,14 +383,10 @@ def to_ome_zarr(
 
 
 def _write_levels(ms, lv, tmp, name, version, chunks_per_shard, derive, method, progress):
-    import ngff_zarr
-
     shard = chunks_per_shard
     if isinstance(shard, Sequence) and not isinstance(shard, str):
         shard = dict(zip(lv[0].dims[-3:], shard, strict=True))
-    ngff_zarr.to_ngff_zarr(
-        str(tmp), ms, version=version, metadata_only=True, chunks_per_shard=shard, overwrite=True
-    )
+    _write_metadata(tmp, ms, version, shard)
     bar = contextlib.nullcontext()
     if progress:
         from dask.diagnostics import ProgressBar
@@ -333,6 +403,69 @@ def _write_levels(ms, lv, tmp, name, version, chunks_per_shard, derive, method, 
         with bar, dask.config.set({"optimization.fuse.active": True}):
             _store_level(data, target)
         previous = _reopen(target, level) if derive else None
+
+
+def _write_metadata(tmp: Path, ms, version: str, shard) -> None:
+    """The store's metadata and empty arrays, by ngff-zarr. Transforms on the multiscales
+    (an oblique image's affine) are written inline here: ngff-zarr would move their matrices
+    into arrays, which fewer readers follow, under ``coordinateTransformations/``, where
+    ngffreg keeps displacement fields. Python's JSON floats round-trip exactly."""
+    import ngff_zarr
+
+    extra = getattr(ms.metadata, "coordinateTransformations", None)
+    if extra:
+        ms = dataclasses.replace(
+            ms, metadata=dataclasses.replace(ms.metadata, coordinateTransformations=None))
+    ngff_zarr.to_ngff_zarr(
+        str(tmp), ms, version=version, metadata_only=True, chunks_per_shard=shard, overwrite=True
+    )
+    _complete_multiscales(tmp, version, extra, ms.metadata.name)
+
+
+def _strip_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_strip_none(v) for v in value]
+    return value
+
+
+def _complete_multiscales(tmp: Path, version: str, transforms: list | None, name: str) -> None:
+    """Finish the multiscales ngff-zarr wrote: ``transforms`` (ngff-zarr 0.6 models) right
+    after its datasets, and the ``type`` and ``metadata`` saying how the levels were made
+    (the strict NGFF schemas require them; ngff-zarr writes them only for its own methods).
+    Zarr v2 (0.4) keeps the attributes in ``.zattrs`` and a copy in ``.zmetadata``."""
+    from .. import __version__
+
+    def complete(ms: dict[str, Any]) -> dict[str, Any]:
+        method = (attrs.get("ngffreg") or {}).get("downsampling") or "mean"
+        out: dict[str, Any] = {}
+        for key, value in ms.items():
+            out[key] = value
+            if key == "datasets" and transforms:
+                out["coordinateTransformations"] = [
+                    _strip_none(dataclasses.asdict(t)) for t in transforms]
+        out.setdefault("name", name)
+        out["type"] = str(method)
+        out["metadata"] = {
+            "description": f"ngffreg pyramid: each level from the one before it ({method})",
+            "method": "ngffreg.pyramid.downsample", "version": __version__}
+        return out
+
+    if version == "0.4":
+        attrs = json.loads((tmp / ".zattrs").read_text())
+        attrs["multiscales"][0] = complete(attrs["multiscales"][0])
+        (tmp / ".zattrs").write_text(json.dumps(attrs, indent=4, allow_nan=False))
+        consolidated = tmp / ".zmetadata"
+        if consolidated.is_file():
+            doc = json.loads(consolidated.read_text())
+            doc.get("metadata", {})[".zattrs"] = attrs
+            consolidated.write_text(json.dumps(doc, indent=4, allow_nan=False))
+        return
+    doc = json.loads((tmp / "zarr.json").read_text())
+    attrs = doc["attributes"]
+    attrs["ome"]["multiscales"][0] = complete(attrs["ome"]["multiscales"][0])
+    (tmp / "zarr.json").write_text(json.dumps(doc, indent=4, allow_nan=False))
 
 
 def _factors_between(fine: xr.DataArray, coarse: xr.DataArray) -> list[int]:
