@@ -110,6 +110,53 @@ def read_root(store_path: str | Path) -> dict[str, Any]:
     return ms
 
 
+def read_scene(store_path: str | Path) -> dict[str, Any] | None:
+    """``attributes.ome.scene`` of an OME-Zarr 0.6 scene group, or None when the group is
+    not a scene."""
+    doc = _read_node(Path(store_path))
+    ome = doc.get("attributes", {}).get("ome")
+    if not isinstance(ome, dict) or not isinstance(ome.get("scene"), dict):
+        return None
+    if not str(ome.get("version", "")).startswith("0.6"):
+        raise SpecReaderError(f"{store_path} is not an OME-Zarr 0.6 scene.")
+    scene = ome["scene"]
+    if not scene.get("coordinateTransformations"):
+        raise SpecReaderError(f"{store_path}: the scene has no coordinateTransformations.")
+    return scene
+
+
+def find_scene_registration(scene: dict[str, Any], *, name: str | None = None,
+                            where: str = "store") -> dict[str, Any]:
+    """The scene transformation between two of the scene's own coordinate systems.
+
+    "Inside scene > coordinateTransformations ... path ... MAY be omitted or null when
+    referencing a coordinate system defined in the scene's own coordinateSystems." The
+    scene's first system is its reference ("it is RECOMMENDED that this coordinate system
+    be stored as the first coordinateSystems entry"): the transformation sought maps from
+    it to another scene system. ``name`` picks one when there are several.
+    """
+    systems = _systems(scene)
+    if not systems:
+        raise SpecReaderError(f"{where}: the scene declares no coordinateSystems of its own.")
+    reference = scene["coordinateSystems"][0]["name"]
+
+    def own(ref: Any) -> bool:
+        return not (isinstance(ref, dict) and ref.get("path")) and _cs_name(ref) in systems
+
+    candidates = [t for t in scene["coordinateTransformations"]
+                  if own(t.get("input")) and own(t.get("output"))
+                  and _cs_name(t.get("input")) == reference
+                  and _cs_name(t.get("output")) != reference]
+    if name is not None:
+        candidates = [t for t in candidates if t.get("name") == name]
+    if len(candidates) != 1:
+        raise SpecReaderError(
+            f"{where}: expected one scene transformation from the reference system "
+            f"{reference!r} to another scene system; found "
+            f"{[(t.get('name'), _cs_name(t.get('output'))) for t in candidates]}.")
+    return candidates[0]
+
+
 def _cs_name(ref: Any) -> str | None:
     """The coordinate-system name of an ``input``/``output`` (object or bare string)."""
     if isinstance(ref, str):
@@ -365,6 +412,9 @@ def map_points(store_path: str | Path, points_zyx: Any, *, name: str | None = No
     """Map (N, 3) z, y, x points of the store's intrinsic (fixed) coordinate system to
     the system its registration transformation outputs (moving), by the spec alone.
 
+    In a scene (the layout of the spec's registration example) the transformation is the
+    scene's own from its reference system (:func:`find_scene_registration`).
+
     The transformation is the one in ``multiscales[0].coordinateTransformations`` whose
     ``input`` is the intrinsic system and whose ``output`` is another declared system
     (``name`` picks one when there are several). Points are reordered to the input
@@ -372,8 +422,13 @@ def map_points(store_path: str | Path, points_zyx: Any, *, name: str | None = No
     is returned in z, y, x order.
     """
     store = Path(store_path)
-    ms = read_root(store)
-    entry = find_registration(ms, name=name, where=str(store))
+    scene = read_scene(store)
+    if scene is not None:
+        ms = scene
+        entry = find_scene_registration(scene, name=name, where=str(store))
+    else:
+        ms = read_root(store)
+        entry = find_registration(ms, name=name, where=str(store))
     systems = _systems(ms)
     src, dst = _cs_name(entry["input"]), _cs_name(entry["output"])
     pts = np.asarray(points_zyx, dtype=np.float64)

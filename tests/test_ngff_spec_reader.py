@@ -21,6 +21,7 @@ from ngffreg.cli import main
 from ngffreg.io.write import to_ome_zarr
 from ngffreg.transforms import Affine, DisplacementField, Sequence
 from ngffreg.transforms.ngff import read_registration, write_registration
+from ngffreg.transforms.scene import IMAGE, IMAGE_SYSTEM, start_scene
 
 SPACING = np.array([2.0, 1.0, 0.5])  # the image's (fixed) grid
 ORIGIN = (1.0, 2.0, 3.0)
@@ -31,13 +32,25 @@ F_ORIGIN = np.array([-4.0, 2.5, 7.25])
 RNG = np.random.default_rng(5)
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Path:
-    """An OME-Zarr 0.6 image whose datasets map to ``fixed``, ready for a registration."""
+@pytest.fixture(params=["scene", "image"])
+def store(tmp_path: Path, request) -> Path:
+    """A store ready for a registration: the scene ngffreg writes now (the image in
+    ``registered/``, the scene declaring ``fixed`` and ``moving``), or an OME-Zarr 0.6 image
+    whose datasets map to ``fixed`` (the layout of stores written before the scene)."""
     image = ngffreg.make_image(RNG.random((12, 14, 16)).astype("float32"), spacing=SPACING,
                                origin=ORIGIN, unit="um")
-    return to_ome_zarr(image, tmp_path / "reg.ome.zarr", version="0.6", chunks=8,
-                       coordinate_system="fixed")
+    if request.param == "image":
+        return to_ome_zarr(image, tmp_path / "reg.ome.zarr", version="0.6", chunks=8,
+                           coordinate_system="fixed")
+    out = to_ome_zarr(image, tmp_path / "reg.ome.zarr", version="0.6", chunks=8,
+                      coordinate_system=IMAGE_SYSTEM, image_group=IMAGE)
+    return start_scene(out)
+
+
+def _stored(store: Path) -> dict:
+    """The object holding the store's named transforms (scene, or image multiscales)."""
+    ome = json.loads((store / "zarr.json").read_text())["attributes"]["ome"]
+    return ome["scene"] if "scene" in ome else ome["multiscales"][0]
 
 
 def _affine(seed: int) -> Affine:
@@ -118,8 +131,8 @@ def test_bijection_uses_the_forward(store: Path, tmp_path: Path, capsys) -> None
     forward = Sequence(transforms=(_field(), _affine(3)))
     inverse = _affine(3).inverse()  # deliberately not the exact inverse of forward
     write_registration(store, forward, inverse=inverse)
-    root = json.loads((store / "zarr.json").read_text())
-    entry = root["attributes"]["ome"]["multiscales"][0]["coordinateTransformations"][0]
+    entry = next(t for t in _stored(store)["coordinateTransformations"]
+             if t.get("name") == "registration")
     assert entry["type"] == "bijection"
     pts = _field_points(1500, 20)
     ours = _check_all_three(store, pts, tmp_path, tol=1e-4)

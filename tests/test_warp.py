@@ -167,8 +167,12 @@ def test_write_warped_stores_pyramid_and_registration(tmp_path):
     pts = Grid.of(fixed).points()[::97]
     np.testing.assert_allclose(read_registration(out).apply(pts), transform.apply(pts),
                                atol=1e-5)
-    ms = ngff_zarr.from_ngff_zarr(str(out), validate=True)
-    assert ms.metadata.coordinateTransformations[0].name == "registration"
+    # ngff-zarr reads it as the spec's registration scene: the image below, fixed first
+    scene = ngff_zarr.from_ngff_zarr(str(out), kind="scene", validate=True)
+    assert list(scene.images) == ["registered"]
+    assert [cs.name for cs in scene.coordinateSystems] == ["fixed", "moving"]
+    assert [t.name for t in scene.coordinateTransformations] == ["registered_image",
+                                                                "registration"]
 
 
 def test_per_level_pyramid_reads_the_moving_level_that_fits(tmp_path):

@@ -164,22 +164,26 @@ def _write(data: xr.DataArray | xr.DataTree, path: str | os.PathLike, transforms
     if transforms is None:
         return _to_ome_zarr(data, path, **kwargs)
     from .transforms.ngff import write_registration, write_transforms
+    from .transforms.scene import IMAGE, IMAGE_SYSTEM, start_scene
 
     version = kwargs.setdefault("version", "0.6")
     if version != "0.6":
         raise InputError(
             f"Transforms are stored as OME-Zarr 0.6 (RFC-5) metadata; got version={version!r}. "
             "Drop version= or pass version='0.6'.")
-    kwargs.setdefault("coordinate_system", "fixed")
+    kwargs.setdefault("coordinate_system", IMAGE_SYSTEM)
+    kwargs.setdefault("image_group", IMAGE)
     if isinstance(transforms, Mapping):
         named = {k: as_transform(v) for k, v in transforms.items()}
 
         def store(tmp: Path) -> None:
+            start_scene(tmp, image=kwargs["image_group"])
             write_transforms(tmp, named)
     else:
         registration = as_transform(transforms)
 
         def store(tmp: Path) -> None:
+            start_scene(tmp, image=kwargs["image_group"])
             write_registration(tmp, registration)
     user = kwargs.pop("before_publish", None)
 

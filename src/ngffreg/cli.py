@@ -98,6 +98,23 @@ def _parser() -> argparse.ArgumentParser:
     tp.add_argument("--inverse", action="store_true",
                     help="map moving-space points to fixed space instead")
 
+    mp = sub.add_parser(
+        "map-points",
+        help="map points between any two coordinate systems of an OME-Zarr 0.6 store",
+        description="Map COORDS_JSON (a JSON list of points, each in SOURCE's axis order and "
+        "unit) from the coordinate system SOURCE of STORE to TARGET, along the store's "
+        "transformations (walked backwards where they can be inverted), and print "
+        '{"coordinates": [...]} as JSON. On failure prints {"message": ...} and exits 1, or '
+        "3 when a transformation type on the way is not supported. This is the calling "
+        "convention of the NGFF conformance runner oztc "
+        "(ome-zarr-transformations-conformance): oztc CASES -- ngffreg map-points.",
+    )
+    mp.add_argument("store", type=Path, metavar="STORE")
+    mp.add_argument("source", metavar="SOURCE", help="coordinate-system name (or path:name)")
+    mp.add_argument("target", metavar="TARGET", help="coordinate-system name (or path:name)")
+    mp.add_argument("coordinates", metavar="COORDS_JSON",
+                    help='e.g. "[[1,2,3],[4,5,6]]"; @FILE reads the JSON from FILE')
+
     wp = sub.add_parser(
         "warp",
         help="resample a moving volume onto a fixed grid through a registration",
@@ -285,6 +302,30 @@ def _transform_points(args: argparse.Namespace) -> int:
     return 0
 
 
+def _map_points(args: argparse.Namespace) -> int:
+    """``map-points``: JSON in, JSON out on stdout, errors as JSON too (oztc reads them)."""
+    import json
+
+    from .transforms.graph import UnsupportedTransform, map_points
+
+    try:
+        text = args.coordinates
+        if text.startswith("@"):
+            text = Path(text[1:]).read_text()
+        coords = json.loads(text)
+        if isinstance(coords, dict):
+            coords = coords.get("coordinates")
+        out = map_points(args.store, args.source, args.target, coords)
+    except UnsupportedTransform as exc:
+        print(json.dumps({"message": f"unsupported: {exc}"}))
+        return 3
+    except (NgffregError, OSError, ValueError, TypeError) as exc:
+        print(json.dumps({"message": str(exc)}))
+        return 1
+    print(json.dumps({"coordinates": out.tolist()}))
+    return 0
+
+
 def _warp(args: argparse.Namespace) -> int:
     from .io.read import open_image, open_levels
     from .warp import write_warped
@@ -455,7 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {
         "convert": _convert, "info": _info, "demo": _demo,
-        "transform-points": _transform_points, "warp": _warp, "register": _register,
+        "transform-points": _transform_points, "map-points": _map_points, "warp": _warp,
+        "register": _register,
         "qc": _qc,
     }
     warnings.showwarning = _show_warning

@@ -501,7 +501,8 @@ def write_warped(
 ) -> tuple[Any, list[dict[str, Any]]]:
     """Warp ``moving`` onto ``like``'s grid and write the registered pyramid as OME-Zarr 0.6,
     with ``transform`` stored beside it as the ``registration`` (fixed → moving; a bijection
-    when ``inverse`` is given or ``transform`` is one).
+    when ``inverse`` is given or ``transform`` is one): an OME-NGFF 0.6 scene whose image is
+    ``registered/`` (see :mod:`ngffreg.transforms.scene`).
 
     ``pyramid="downsample"`` (default) warps level 0 once and derives each coarser level by
     downsampling what was written (block mean; centre pick for nearest-neighbour labels), so
@@ -515,6 +516,7 @@ def write_warped(
     """
     from .io.write import to_ome_zarr
     from .transforms.ngff import write_registration
+    from .transforms.scene import IMAGE, IMAGE_SYSTEM, start_scene
 
     if pyramid not in PYRAMID_MODES:
         raise InputError(f"pyramid must be one of {PYRAMID_MODES}; got {pyramid!r}.")
@@ -532,11 +534,13 @@ def write_warped(
         report = [{"level": 0, "moving_level": 0, "reason": why}]
 
     def store_transform(tmp: Any) -> None:
+        start_scene(tmp)
         write_registration(tmp, transform, inverse=inverse)
 
     out = to_ome_zarr(
         data, path, version="0.6", chunks=chunks, n_levels=n_levels, method=method,
-        overwrite=overwrite, progress=progress, coordinate_system="fixed",
+        overwrite=overwrite, progress=progress, coordinate_system=IMAGE_SYSTEM,
+        image_group=IMAGE,
         attributes={"warp": {"interpolator": interpolator, "fill_value": fill_value,
                              "pyramid": pyramid, "levels": report}},
         before_publish=store_transform)

@@ -256,6 +256,8 @@ def _run_greedy(fixed: xr.DataArray, moving: xr.DataArray, linear: Transform,
               "deformable": "ok" if after - before > method.min_gain else "declined"}
     if record["deformable"] == "declined":
         return linear, linear_inverse, record
+    # the stored field's name (coordinateTransformations/coarse in the output store)
+    result = dataclasses.replace(result, transform=result.transform.renamed(name="coarse"))
     if isinstance(linear, Identity):
         return result.transform, result.inverse, record
     inverse = None

@@ -151,6 +151,22 @@ def _multiscales(doc: dict[str, Any], where: Path) -> dict[str, Any]:
     return ome["multiscales"][0]
 
 
+def _holder(doc: dict[str, Any], where: Path) -> dict[str, Any]:
+    """The object of a store's root document that holds its coordinate systems and named
+    transforms: the ``scene`` of an OME-Zarr 0.6 scene (ngffreg's registered stores), else
+    the image's first ``multiscales`` (stores written before the scene layout, and plain
+    image stores)."""
+    ome = doc.get("attributes", {}).get("ome")
+    if isinstance(ome, dict) and isinstance(ome.get("scene"), dict):
+        version = str(ome.get("version") or "")
+        if not version.startswith("0.6"):
+            raise InputError(
+                f"{where} is an OME-Zarr {version or '(no version)'} scene; ngffreg reads "
+                "scenes of OME-Zarr 0.6.")
+        return ome["scene"]
+    return _multiscales(doc, where)
+
+
 def _write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
     try:
@@ -164,18 +180,39 @@ def _write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
 
 def _system_name(ref: Any) -> str | None:
     """The coordinate-system name of an RFC-5 ``input``/``output`` (an object with
-    ``name``, or a bare string in earlier drafts)."""
+    ``name``, or a bare string in earlier drafts); a system of another group (an object
+    with ``path`` too, as scenes reference their images' systems) is ``"path:name"``."""
     if isinstance(ref, str):
         return ref
     if isinstance(ref, dict):
-        name = ref.get("name")
-        return name if isinstance(name, str) else None
+        name, where = ref.get("name"), ref.get("path")
+        if not isinstance(name, str):
+            return None
+        return f"{where.strip('/')}:{name}" if isinstance(where, str) and where else name
     return None
 
 
 def _systems(ms: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    return {cs["name"]: list(cs.get("axes", [])) for cs in ms.get("coordinateSystems", [])
+    return {cs["name"]: list(cs.get("axes", [])) for cs in ms.get("coordinateSystems") or []
             if isinstance(cs, dict) and "name" in cs}
+
+
+def _referenced_systems(store: Path, holder: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The systems of the groups a scene's transforms reference by ``path``, keyed
+    ``"path:name"``."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for ct in holder.get("coordinateTransformations") or []:
+        for end in (ct.get("input"), ct.get("output")) if isinstance(ct, dict) else ():
+            where = end.get("path") if isinstance(end, dict) else None
+            if not isinstance(where, str) or not where or where.startswith("/") or (
+                    ".." in where.split("/")):
+                continue
+            try:
+                ms = _multiscales(_read_json(store / where / "zarr.json"), store / where)
+            except InputError:
+                continue
+            out.update({f"{where.strip('/')}:{k}": v for k, v in _systems(ms).items()})
+    return out
 
 
 def _spatial_unit(axes: list[dict[str, Any]], what: str) -> str | None:
@@ -264,10 +301,10 @@ class _Encoder:
         if isinstance(t, Affine):
             return m.Affine(affine=np.asarray(t.matrix[:3], dtype=np.float64).tolist(), **names)
         if isinstance(t, Sequence):
-            steps, here = [], space
-            for i, step in enumerate(t.transforms):
-                steps.append(self.encode(step, f"{hint}_{i}", here))
-                here = step.output or (t.output if i == len(t.transforms) - 1 else None)
+            # every field of a sequence is named after the system the sequence maps from
+            # (a registration's fields are all on grids of the fixed space)
+            steps = [self.encode(step, f"{hint}_{i}", step.input or space)
+                     for i, step in enumerate(t.transforms)]
             return m.TransformSequence(transformations=steps, **names)
         if isinstance(t, Bijection):
             return m.Bijection(
@@ -409,7 +446,7 @@ def write_transforms(
 
     path = _store_path(store)
     doc = _read_json(path / "zarr.json")
-    ms = _multiscales(doc, path)
+    ms = _holder(doc, path)
     if isinstance(transforms, Transform):
         if not transforms.name:
             raise TransformError(
@@ -512,7 +549,7 @@ def write_transforms(
               for e in existing]
     merged.extend(order.values())
     new_doc = copy.deepcopy(doc)
-    new_ms = new_doc["attributes"]["ome"]["multiscales"][0]
+    new_ms = _holder(new_doc, path)
     new_ms["coordinateSystems"] = new_systems
     new_ms["coordinateTransformations"] = merged
     _write_json_atomic(path / "zarr.json", new_doc)
@@ -749,8 +786,8 @@ def read_transforms(store: str | os.PathLike) -> dict[str, Transform]:
         The store is not an OME-Zarr 0.6 image.
     """
     path = _store_path(store)
-    ms = _multiscales(_read_json(path / "zarr.json"), path)
-    systems = _systems(ms)
+    ms = _holder(_read_json(path / "zarr.json"), path)
+    systems = {**_systems(ms), **_referenced_systems(path, ms)}
     out: dict[str, Transform] = {}
     for i, entry in enumerate(ms.get("coordinateTransformations") or []):
         where = f"{path.name}: coordinateTransformations[{i}]"
