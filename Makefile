@@ -4,8 +4,17 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ngffreg-installed
 DEMO   := demo-output
+# The external-reader tools environment (see tools-env below); TOOLS_PYTHON is empty when no
+# Python 3.12 is found.
+TOOLS_VENV   := .venv-tools
+TOOLS_STAMP  := $(TOOLS_VENV)/.ngffreg-tools-installed
+TOOLS_REQS   := ome-zarr-models ome-zarr ome-zarr-transformations-conformance jsonschema \
+                napari napari-ome-zarr "transformnd[vectorfield-dask]"
+ifndef TOOLS_PYTHON
+TOOLS_PYTHON := $(shell sh tests/tools_python.sh)
+endif
 
-.PHONY: install demo test docs lint bench-convert bench-points greedy-env clean
+.PHONY: install demo test docs lint bench-convert bench-points greedy-env tools-env clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +29,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/ngffreg demo --output $(DEMO)
 
-test: $(STAMP)
+test: $(STAMP) $(if $(TOOLS_PYTHON),$(TOOLS_STAMP))
+	@test -n "$(TOOLS_PYTHON)" || echo "No python3.12: tests/test_external_readers.py will skip."
 	NGFFREG_DATA_DIR=$${NGFFREG_DATA_DIR:-$(abspath ../shared/data)} $(PY) -m pytest -n 2 --dist loadfile
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 	$(VENV)/bin/ruff check src tests benchmarks
@@ -46,6 +56,21 @@ bench: $(STAMP)
 
 bench-full: $(STAMP)
 	NGFFREG_DATA_DIR=$${NGFFREG_DATA_DIR:-$(abspath ../shared/data)} $(PY) benchmarks/bench.py --full $(BENCH_ARGS)
+
+# The readers microscopists use (ome-zarr-models, ome-zarr-py, napari-ome-zarr, the RFC-5
+# conformance runner) need Python >= 3.12, so they live in an environment of their own, used
+# only by tests/test_external_readers.py through tests/external_readers.py; never imported in
+# .venv. Python 3.12 is found by tests/tools_python.sh (or given as TOOLS_PYTHON=...); without
+# it `make test` goes on and those tests skip. Reinstalled only when constraints-tools.txt
+# changes; pip's cache is kept.
+$(TOOLS_STAMP): constraints-tools.txt
+	@test -n "$(TOOLS_PYTHON)" || { echo "No Python 3.12 found (see tests/tools_python.sh);" \
+	    "set TOOLS_PYTHON=/path/to/python3.12"; exit 1; }
+	$(TOOLS_PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/python -m pip install -c constraints-tools.txt $(TOOLS_REQS)
+	touch $@
+
+tools-env: $(TOOLS_STAMP)
 
 # The reference greedy (PyPI picsl-greedy) for benchmarks/bench_blocks.py --greedy-python: a
 # benchmark reference only, in an environment of its own; never a dependency of ngffreg and

@@ -120,3 +120,22 @@ def ants_syn(data_dir: Path) -> dict:
         "fixed": fixed, "moving": moving,
         **{key: [str(folder / n) for n in names] for key, names in listing.items()},
     }
+
+
+@pytest.fixture(scope="session")
+def tools_python() -> Path:
+    """The tools environment's Python (``.venv-tools``: Python 3.12 with the external OME-Zarr
+    readers, built by ``make tools-env``) that runs ``tests/external_readers.py``; skip,
+    saying why, when it is not built."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    python = root / ".venv-tools" / "bin" / "python"
+    if (root / ".venv-tools" / ".ngffreg-tools-installed").is_file() and python.exists():
+        return python
+    found = subprocess.run(["sh", str(root / "tests" / "tools_python.sh")],
+                           capture_output=True, text=True).stdout.strip()
+    if not found:
+        pytest.skip("no Python 3.12 on this machine (tests/tools_python.sh found none): the "
+                    "external OME-Zarr readers need it")
+    pytest.skip(f"the tools environment is not built: run `make tools-env` ({found})")
