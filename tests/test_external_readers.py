@@ -66,18 +66,25 @@ DATASET_TRANSLATION = ("napari-ome-zarr 0.11.0 / ome-zarr-py 0.21.0 "
 
 
 # fixtures ---------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def demo_store(tmp_path_factory) -> Path:
-    """A real output store: the demo pipeline's ``registered.ome.zarr`` (~1 min), or the
-    store ``$NGFFREG_READERS_STORE`` names (to check any registration's output)."""
-    from ngffreg.demo import run_demo
-
+@pytest.fixture(scope="session", params=["demo", "ch2-to-mni"])
+def demo_store(request, tmp_path_factory) -> Path:
+    """A real output store: the demo pipeline's ``registered.ome.zarr`` (~1 min), and
+    ``register`` of ch2 onto mni at its defaults (real MRI, ~1 min; skipped without the
+    data), or the store ``$NGFFREG_READERS_STORE`` names (to check any registration's
+    output)."""
     given = os.environ.get("NGFFREG_READERS_STORE", "").strip()
     if given:
         return Path(given).resolve()
-    out = tmp_path_factory.mktemp("external-readers-demo")
-    run_demo(out, echo=lambda *_: None)
-    return out / "registered.ome.zarr"
+    out = tmp_path_factory.mktemp(f"external-readers-{request.param}")
+    if request.param == "demo":
+        from ngffreg.demo import run_demo
+
+        run_demo(out, echo=lambda *_: None)
+        return out / "registered.ome.zarr"
+    from ngffreg import register
+
+    data = request.getfixturevalue("data_dir") / "ants"
+    return register(data / "mni.nii.gz", data / "ch2.nii.gz", out / "ch2_mni.ome.zarr").output
 
 
 def run_tool(python: Path, *args: str) -> dict[str, Any]:
