@@ -68,7 +68,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..errors import InputError, InputNotFoundError, OrientationError, OutputError, TransformError
+from ..errors import InputError, InputNotFoundError, OutputError, TransformError
 from ..image import SPATIAL_DIMS, make_image
 from ..image import direction as image_direction
 from ..image import to_units as image_to_units
@@ -332,16 +332,33 @@ def _field_in_unit(field: DisplacementField, unit: str) -> DisplacementField:
     return dataclasses.replace(field, field=image)
 
 
+def axis_aligned(field: DisplacementField) -> DisplacementField:
+    """A field on an oblique grid resampled (lazily, linearly) onto the axis-aligned grid
+    that covers it: an OME-NGFF field is placed by scale and translation alone, which every
+    reader follows. Each world axis gets the spacing of the grid axis best aligned with it;
+    the displacement is zero where the oblique grid does not reach (ngffreg's "outside"
+    rule), so the map is the same there."""
+    grid = field.grid
+    corners = np.array(np.meshgrid(*[[0, n - 1] for n in grid.shape], indexing="ij"))
+    corners = grid.points(tuple(slice(0, n) for n in grid.shape)) if min(grid.shape) < 2 \
+        else (grid.direction @ (grid.frame_origin[:, None] + grid.spacing[:, None]
+                                * corners.reshape(3, -1))).T
+    lo, hi = corners.min(axis=0), corners.max(axis=0)
+    spacing = grid.spacing[np.argmax(np.abs(grid.direction), axis=1)]
+    shape = np.ceil((hi - lo) / spacing - 1e-9).astype(int) + 1  # covers every corner
+    chunks = field.field.data.chunksize[1:] if field.field.chunks is not None else 64
+    out = sample_field(field, shape=shape, spacing=spacing, origin=lo, unit=grid.unit,
+                       chunks=chunks)
+    return dataclasses.replace(out, name=field.name, input=field.input, output=field.output,
+                               outside=field.outside)
+
+
 def _write_field(store: Path, path: str, field: DisplacementField, system: str, unit: str,
                  overwrite: bool) -> None:
     from ..io.write import to_ome_zarr
 
     if not np.allclose(image_direction(field.field), np.eye(3), atol=1e-9):
-        raise OrientationError(
-            "The displacement field's grid is oblique; an OME-NGFF field's scale and "
-            "translation cannot place it. Resample it onto an axis-aligned grid first "
-            "(ngffreg.transforms.sample_field(field, shape=..., spacing=..., origin=...))."
-        )
+        field = axis_aligned(field)
     field = _field_in_unit(field, unit)
     name = path.rsplit("/", 1)[-1]
     image = field.field.rename(name)

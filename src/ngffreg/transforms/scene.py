@@ -64,13 +64,12 @@ def start_scene(root: Path, *, image: str = IMAGE) -> Path:
     """
     root = Path(root)
     ms = _multiscales(_read_json(root / image / "zarr.json"), root / image)
-    own = None
-    for ct in (ms.get("datasets") or [{}])[0].get("coordinateTransformations", []):
-        out = ct.get("output")
-        own = out.get("name") if isinstance(out, dict) else out
     systems = _systems(ms)
-    if own not in systems:
-        raise InputError(f"{root / image} declares no coordinate system for its datasets.")
+    if not systems:
+        raise InputError(f"{root / image} declares no coordinate system.")
+    # the image's physical system: listed last (an oblique image's datasets map to a grid
+    # system first, and one affine takes it to the physical system)
+    own = list(systems)[-1]
     unit = _spatial_unit(systems[own], own)
     if not unit:
         raise InputError(
