@@ -282,7 +282,7 @@ def load_transform(tool: str, outdir: Path) -> tuple[Any, Any]:
     """The tool's fixed → moving transform and its inverse, in ngffreg's model."""
     import numpy as np
 
-    from ngffreg.transforms.model import Affine, DisplacementField, Identity, Sequence
+    from ngffreg.transforms import Affine, DisplacementField, Identity, Sequence
 
     if tool == "none":
         return Identity(), Identity()
@@ -357,7 +357,7 @@ def _measure_ch2_mni(case: dict, forward: Any, inverse: Any) -> dict:
     from ngffreg.image import load
     from ngffreg.qc import ncc, otsu_threshold
     from ngffreg.registration.coarse import image_levels
-    from ngffreg.transforms.model import Identity
+    from ngffreg.transforms import Identity
     from ngffreg.warp import warp
 
     fixed, moving = load_case(case)
@@ -384,7 +384,7 @@ def _measure_scale(case: dict, forward: Any) -> dict:
     """TRE as ``bench_scale.py`` measures it (its points, its truth)."""
     import numpy as np
 
-    from ngffreg.transforms.model import DisplacementField
+    from ngffreg.transforms import DisplacementField
 
     folder = Path(case["folder"])
     meta = json.loads((folder / "case.json").read_text())

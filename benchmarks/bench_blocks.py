@@ -143,7 +143,7 @@ def report(kind, rec):
 _NGFFREG = _MEASURE + r'''
 from ngffreg.image import make_image, Grid
 from ngffreg.registration.methods import BlockInfo, block_method
-from ngffreg.transforms.model import Identity
+from ngffreg.transforms import Identity
 
 name, options, warmup = sys.argv[3], json.loads(sys.argv[4]), sys.argv[5] == "1"
 method = block_method(name, **options)
@@ -257,7 +257,7 @@ def prepare_blocks(core: int, overlap: float, n_blocks: int) -> Path:
     from ngffreg.blocks import plan_blocks, subgrid
     from ngffreg.image import make_image
     from ngffreg.qc import otsu_threshold
-    from ngffreg.transforms.model import DisplacementField
+    from ngffreg.transforms import DisplacementField
 
     ensure_pair()
     sp, org, fsp, forg = np.load(PAIR / "grids.npy")

@@ -59,7 +59,7 @@ def main() -> None:
     from ngffreg.image import Grid, make_image
     from ngffreg.qc import otsu_threshold
     from ngffreg.registration.methods import BlockInfo, Greedy
-    from ngffreg.transforms.model import Identity
+    from ngffreg.transforms import Identity
 
     fixed, moving, truth = _pair(args.data_dir)
     thr = otsu_threshold(np.asarray(fixed.values))

@@ -66,7 +66,7 @@ np.save(folder + "/grids.npy", np.array([g.spacing, g.origin, fg.spacing, fg.ori
 _LOAD = """
 import sys, time, json, numpy as np
 from ngffreg.image import make_image
-from ngffreg.transforms.model import DisplacementField
+from ngffreg.transforms import DisplacementField
 folder = sys.argv[1]
 sp, org, fsp, forg = np.load(folder + "/grids.npy")
 fixed = make_image(np.load(folder + "/fixed.npy"), spacing=sp, origin=org, unit="um")

@@ -97,7 +97,7 @@ def make_case(data: str, level: int, k: int, folder: Path) -> None:
     from ngffreg.io.write import to_ome_zarr
     from ngffreg.registration.coarse import image_levels
     from ngffreg.synthetic import random_deformation
-    from ngffreg.transforms.model import Identity
+    from ngffreg.transforms import Identity
     from ngffreg.warp import warp
 
     brain = load(image_levels(data, voxel_size=VOXEL_SIZE, unit="um")[level])
@@ -167,7 +167,7 @@ def run_case(folder: Path, out: Path, chunk: int, accuracy: str, workers: int,
     import numpy as np
 
     from ngffreg.registration.register import register
-    from ngffreg.transforms.model import DisplacementField, Sequence
+    from ngffreg.transforms import DisplacementField, Sequence
 
     meta = json.loads((folder / "case.json").read_text())
     truth_npz = np.load(folder / "truth.npz")

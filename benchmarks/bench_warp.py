@@ -90,7 +90,7 @@ import dask, dask.array as da, numpy as np, zarr
 from dask.callbacks import Callback
 import ngffreg
 from ngffreg.image import Grid
-from ngffreg.transforms.model import Affine, DisplacementField, Sequence
+from ngffreg.transforms import Affine, DisplacementField, Sequence
 from ngffreg.warp import warp
 cfg = json.loads(open(sys.argv[1]).read())
 t0 = time.perf_counter()
@@ -235,8 +235,8 @@ def write_config(work: Path, shape: tuple[int, ...]) -> Path:
     """Source, field, transform files for ANTs / ITK, and the config the children read."""
     import dask.array as da
 
+    from ngffreg.transforms import Affine, DisplacementField, Sequence
     from ngffreg.transforms.files import write_ants_transforms, write_itk_transform
-    from ngffreg.transforms.model import Affine, DisplacementField, Sequence
 
     tag = "x".join(map(str, shape))
     source, field_path = work / f"source_{tag}.zarr", work / f"field_{tag}.zarr"
@@ -331,7 +331,7 @@ def per_chunk(work: Path, shape: tuple[int, ...]) -> dict:
     import ngffreg
     from ngffreg.image import Grid
     from ngffreg.sampling import CHUNK_CACHE
-    from ngffreg.transforms.model import Affine, DisplacementField, Sequence
+    from ngffreg.transforms import Affine, DisplacementField, Sequence
 
     warp_module = importlib.import_module("ngffreg.warp")
     cfg = json.loads(write_config(work, shape).read_text())

@@ -63,7 +63,7 @@ def _plan(blocks: int):
 
 def _run(cluster, method, work: Path, blocks: int) -> dict[int, dict]:
     from ngffreg.registration.blockwise import run_blocks
-    from ngffreg.transforms.model import Identity
+    from ngffreg.transforms import Identity
 
     plan, image = _plan(blocks)
     records = run_blocks(plan, image, image, Identity(), method, work, client=cluster)
@@ -196,7 +196,7 @@ def test_a_killed_run_leaves_no_process_behind(tmp_path):
         from ngffreg.registration.blockwise import run_blocks
         from ngffreg.registration.execution import OnDemandCluster
         from ngffreg.testing import GilHolder
-        from ngffreg.transforms.model import Identity
+        from ngffreg.transforms import Identity
 
         if __name__ == "__main__":  # not in the spawned workers
             image = make_image(np.ones((16, 16, 32), dtype=np.float32), spacing=(1, 1, 1))

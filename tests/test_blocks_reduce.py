@@ -18,7 +18,7 @@ from ngffreg.errors import InputError
 from ngffreg.image import Grid
 from ngffreg.registration.blockwise import _write_block, read_record
 from ngffreg.registration.reduce import axis_weight, blend, ramp
-from ngffreg.transforms.model import Affine
+from ngffreg.transforms import Affine
 
 
 def _grid(shape=(40, 50, 60), spacing=(2.0, 1.0, 0.5), origin=(5.0, -3.0, 7.0)):
@@ -178,7 +178,7 @@ def test_blend_seams_are_smooth_and_failed_blocks_filled(tmp_path):
 
 def test_field_report_finds_folds_and_measures_seams():
     from ngffreg.qc import field_report
-    from ngffreg.transforms.model import DisplacementField
+    from ngffreg.transforms import DisplacementField
 
     grid = _grid((24, 24, 24), (1.0, 1.0, 1.0), (0, 0, 0))
     z = np.arange(24.0)[:, None, None] * np.ones((1, 24, 24))
@@ -205,7 +205,7 @@ def test_field_report_is_the_same_whatever_the_chunks():
     import dask.array as da
 
     from ngffreg.qc import field_report
-    from ngffreg.transforms.model import DisplacementField
+    from ngffreg.transforms import DisplacementField
 
     rng = np.random.default_rng(1)
     u = rng.normal(0, 0.3, (3, 20, 22, 18))

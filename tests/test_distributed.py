@@ -90,7 +90,7 @@ def test_block_tasks_carry_references_not_volumes(tmp_path):
     from ngffreg.registration.blockwise import task_arguments
     from ngffreg.registration.methods import AntsSyN
     from ngffreg.registration.staging import pickled_size
-    from ngffreg.transforms.model import Affine, DisplacementField, Sequence
+    from ngffreg.transforms import Affine, DisplacementField, Sequence
 
     rng = np.random.default_rng(0)
     image = make_image(rng.random((200, 200, 200), dtype=np.float32), spacing=(2, 1, 1),
@@ -309,18 +309,17 @@ def test_changed_parameters_do_not_reuse_blocks(data_dir, tmp_path):
 
 
 def test_a_second_run_on_the_same_output_is_refused(tmp_path):
-    from ngffreg.registration.register import _prepare_work
+    from ngffreg.registration.run_store import RunStore
 
     out = tmp_path / "out.ome.zarr"
-    _work, lock = _prepare_work(out, {"a": 1}, overwrite=False)
+    store = RunStore.open(out, {"a": 1}, overwrite=False)
     try:
         with pytest.raises(OutputError, match=f"being written by another run .pid {os.getpid()}"):
-            _prepare_work(out, {"a": 2}, overwrite=False)
+            RunStore.open(out, {"a": 2}, overwrite=False)
         assert (tmp_path / "out.ome.zarr.partial" / "params.json").read_text().count('"a": 1')
     finally:
-        lock.close()
-    _w, lock2 = _prepare_work(out, {"a": 2}, overwrite=False)  # free again once released
-    lock2.close()
+        store.close()
+    RunStore.open(out, {"a": 2}, overwrite=False).close()  # free again once released
 
 
 # -- faults on worker processes ----------------------------------------------------------

@@ -15,7 +15,7 @@ from ngffreg.image import Grid, make_image, to_units
 from ngffreg.qc import ncc, otsu_threshold
 from ngffreg.registration import elastix_backend as eb
 from ngffreg.registration.coarse import coarse_register, elastix_kinds, image_levels
-from ngffreg.transforms.model import Affine, DisplacementField, Identity
+from ngffreg.transforms import Affine, DisplacementField, Identity
 from ngffreg.warp import warp
 
 pytest.importorskip("itk")

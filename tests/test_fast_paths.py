@@ -8,7 +8,7 @@ import pytest
 
 from ngffreg.image import Grid
 from ngffreg.sampling import region_bounds, sample
-from ngffreg.transforms.model import (
+from ngffreg.transforms import (
     Affine,
     Bijection,
     DisplacementField,
@@ -16,8 +16,8 @@ from ngffreg.transforms.model import (
     Scale,
     Sequence,
     Translation,
-    _HeldField,
 )
+from ngffreg.transforms.field import _HeldField
 
 RNG = np.random.default_rng(7)
 OBLIQUE = np.array([[np.cos(0.3), -np.sin(0.3), 0.0], [np.sin(0.3), np.cos(0.3), 0.0],
@@ -145,7 +145,7 @@ def test_held_region_is_used_and_sorted_path_still_works(monkeypatch):
     monkeypatch.setattr(_HeldField, "displacement", spy)
     a = field.apply(pts, batch_size=1000)
     assert seen == [1000, 1000, 1000]
-    import ngffreg.transforms.model as model
+    import ngffreg.transforms.field as model
 
     monkeypatch.setattr(model, "REGION_BYTES", 1)  # too large a region: the sorted path
     seen.clear()

@@ -88,7 +88,7 @@ def test_flipped_direction_gives_the_same_physical_answer(pair):
 
 
 def make_identity():
-    from ngffreg.transforms.model import Identity
+    from ngffreg.transforms import Identity
 
     return Identity()
 

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from ngffreg.image import Grid
-from ngffreg.qc import ncc
-from ngffreg.qc_report import (
+from ngffreg.qc import (
     FIGURES,
     Frame,
     first_field,
     jacobian_planes,
+    ncc,
     read_blocks,
     report_planes,
     write_report,
@@ -255,7 +255,7 @@ def test_jacobian_planes_read_tile_by_tile_match_the_whole_field():
     import dask.array as da
 
     from ngffreg.qc import jacobian_determinant
-    from ngffreg.transforms.model import DisplacementField
+    from ngffreg.transforms import DisplacementField
 
     rng = np.random.default_rng(0)
     u = rng.normal(scale=0.3, size=(3, 9, 14, 11)).astype(np.float32)

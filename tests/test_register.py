@@ -12,7 +12,7 @@ from ngffreg.errors import InputError
 from ngffreg.image import Grid
 from ngffreg.registration.methods import BlockResult
 from ngffreg.registration.register import register
-from ngffreg.transforms.model import Identity
+from ngffreg.transforms import Identity
 
 pytest.importorskip("ants")
 
@@ -301,7 +301,7 @@ def test_an_interrupted_run_resumes_from_its_finished_blocks(data_dir, tmp_path,
 def test_the_coarse_result_outlives_the_work_folder(data_dir, tmp_path):
     """After ``register`` returns, ``result.coarse`` reads from the published store (or
     memory), not from the deleted ``OUT.ome.zarr.partial``."""
-    from ngffreg.transforms.model import DisplacementField
+    from ngffreg.transforms import DisplacementField
 
     d = data_dir / "greedy"
     out = tmp_path / "out.ome.zarr"

@@ -22,7 +22,7 @@ from ngffreg.transforms import (
     invert_field,
     sample_field,
 )
-from ngffreg.transforms.model import _sample_field
+from ngffreg.transforms.field import _sample_field
 
 RNG = np.random.default_rng(7)
 

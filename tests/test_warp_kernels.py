@@ -14,7 +14,7 @@ import ngffreg.kernels as kernels
 from ngffreg import make_image
 from ngffreg.image import Grid
 from ngffreg.sampling import CHUNK_CACHE, ChunkCache, _zarr_source, read_region
-from ngffreg.transforms.model import (
+from ngffreg.transforms import (
     Affine,
     Bijection,
     DisplacementField,

@@ -59,7 +59,7 @@ from .pyramid import select_level, to_pyramid
 from .qc import field_report, ncc, otsu_threshold, overlay_figure
 from .registration.coarse import overlap_fraction
 from .registration.register import register as _register
-from .transforms.model import Bijection, DisplacementField, Identity, Sequence, Transform
+from .transforms import DisplacementField, Identity, Transform, iter_steps
 from .warp import choose_moving_level, warp_pyramid
 from .warp import warp as _warp
 
@@ -87,13 +87,7 @@ def as_transform(transform: Any) -> Transform:
 
 def _fields(transform: Transform) -> list[DisplacementField]:
     """The displacement fields among the steps of ``transform`` (fixed side first)."""
-    if isinstance(transform, DisplacementField):
-        return [transform]
-    if isinstance(transform, Bijection):
-        return _fields(transform.forward)
-    if isinstance(transform, Sequence):
-        return [f for t in transform.transforms for f in _fields(t)]
-    return []
+    return [t for t in iter_steps(transform) if isinstance(t, DisplacementField)]
 
 
 def _one_level(moving: Any, like: xr.DataArray) -> xr.DataArray:

@@ -21,7 +21,7 @@ import xarray as xr
 
 from .errors import InputError
 from .image import Grid, load
-from .transforms.model import Transform
+from .transforms import Transform
 from .units import normalize_unit, unit_factor
 
 Region = tuple[slice, slice, slice]

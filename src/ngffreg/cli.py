@@ -169,42 +169,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: ``register`` options that take a value, with their types; the same keys (with ``_``
-#: or ``-``) are read from ``--config FILE.yaml``.
-REGISTER_OPTIONS: dict[str, tuple[type, str]] = {
-    "downsample_factor": (float, "pyramid downsampling of the coarse level (default 4)"),
-    "coarse_level": (int, "pyramid level of the coarse step (overrides the factor)"),
-    "fine_level": (int, "fixed level the blocks register at (default 0)"),
-    "chunk_size": (str, "block core size: voxels (default 64; or 64,96,96), a length (2mm) "
-                   "or auto"),
-    "block_memory": (str, "with --chunk-size auto: memory per block registration (1GiB)"),
-    "overlap_fraction": (float, "overlap per side as a fraction of the block (default 0.25)"),
-    "block_levels": (str, "multi-resolution blocks, coarse to fine: LEVEL:SIZE,… e.g. 1:64,0:32"),
-    "linear_type": (str, "Translation, Rigid, Similarity, Affine or none (default Affine)"),
-    "nonlinear_type_coarse": (str, "Greedy (the compiled engine), GreedySVF, or ANTs' SyN, "
-                              "SyNOnly, Elastic; or none (default Greedy)"),
-    "nonlinear_type_fine": (str, "block registration: Greedy (the compiled engine), GreedySVF, "
-                            "or ANTs' SyNOnly, SyN, Elastic; or none (default Greedy)"),
-    "block_method": (str, "the block registration by name: greedy (the default, from "
-                     "--nonlinear-type-fine), ants-syn, ants-affine or elastix-bspline"),
-    "linear_accuracy": (str, "low, medium, high (default medium)"),
-    "coarse_accuracy": (str, "low, medium, high (default medium)"),
-    "fine_accuracy": (str, "low, medium, high (default medium)"),
-    "interpolator": (str, "linear, nearestNeighbor, bSpline (default linear)"),
-    "backend": (str, "coarse step: ants (default) or elastix (nonlinear type BSpline)"),
-    "blend_sigma": (float, "half-width of the blend across block faces, voxels"),
-    "min_foreground": (float, "skip blocks with less foreground than this fraction"),
-    "workers": (int, "block worker processes of the local cluster (default: one per CPU, "
-                "as memory allows; 1 runs blocks in this process)"),
-    "memory_budget": (str, "memory for the whole run, all processes (e.g. 8GiB): sets the "
-                      "worker count, block size (with --chunk-size auto) and coarse level"),
-    "block_timeout": (float, "seconds one block may take; then it is flagged and filled "
-                      "from its neighbours"),
-    "scheduler_address": (str, "run the blocks on this dask scheduler (tcp://HOST:PORT) "
-                          "instead of a local cluster"),
-}
-
-
 def _add_register_parser(sub) -> None:
     rp = sub.add_parser(
         "register", help="register MOVING to FIXED: coarse, blocks, blend, warp",
@@ -218,8 +182,11 @@ def _add_register_parser(sub) -> None:
     rp.add_argument("--config", type=Path, metavar="FILE.yaml",
                     help="YAML file with the same keys as the options (e.g. chunk_size: 64); "
                     "options given on the command line win")
-    for key, (_, help_text) in REGISTER_OPTIONS.items():
-        rp.add_argument("--" + key.replace("_", "-"), dest=key, default=None, help=help_text)
+    from .registration.options import CLI_OPTIONS, cli_name
+
+    for key, (_, help_text) in CLI_OPTIONS.items():
+        rp.add_argument("--" + cli_name(key).replace("_", "-"), dest=key, default=None,
+                        help=help_text)
     rp.add_argument("--fixed-voxel-size", nargs=3, type=float, metavar=("Z", "Y", "X"))
     rp.add_argument("--moving-voxel-size", nargs=3, type=float, metavar=("Z", "Y", "X"))
     rp.add_argument("--unit", help="length unit of the --*-voxel-size options")
@@ -353,7 +320,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _qc(args: argparse.Namespace) -> int:
     from .errors import InputNotFoundError
-    from .qc_report import write_report
+    from .qc import write_report
 
     for role in ("fixed", "moving"):
         path = getattr(args, role)
@@ -363,40 +330,11 @@ def _qc(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config_value(key: str, value, where: str):
-    from .errors import InputError
-
-    kind = REGISTER_OPTIONS[key][0]
-    if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-        return None
-    if key == "block_levels":
-        items = value if isinstance(value, (list, tuple)) else str(value).split(",")
-        out = []
-        for item in items:
-            parts = item if isinstance(item, (list, tuple)) else str(item).split(":")
-            if len(parts) != 2 or not str(parts[0]).strip().isdigit():
-                raise InputError(f"{where}: block_levels takes LEVEL:SIZE pairs such as "
-                                 f"1:64,0:32; got {value!r}.")
-            size = str(parts[1]).strip()
-            out.append((int(parts[0]), int(size) if size.isdigit() else size))
-        return out
-    if key == "chunk_size":
-        if isinstance(value, (list, tuple)):
-            return [int(v) if str(v).isdigit() else str(v) for v in value]
-        text = str(value)
-        parts = [p.strip() for p in text.split(",")]
-        if len(parts) == 3:
-            return [int(p) if p.isdigit() else p for p in parts]
-        return int(text) if text.isdigit() else text
-    try:
-        return kind(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{where}: {key} must be {kind.__name__}; got {value!r}.") from None
-
-
 def register_options(args: argparse.Namespace) -> dict:
-    """The keyword arguments of :func:`ngffreg.register` from ``--config`` and options."""
+    """The keyword arguments of :func:`ngffreg.register` from ``--config`` and options (the
+    options win), typed by :class:`~ngffreg.registration.options.RegistrationOptions`."""
     from .errors import InputError
+    from .registration.options import CLI_OPTIONS, RegistrationOptions, cli_name
 
     options: dict = {}
     if args.config is not None:
@@ -410,18 +348,12 @@ def register_options(args: argparse.Namespace) -> dict:
             raise InputError(f"--config {args.config} is not valid YAML: {exc}") from None
         if not isinstance(doc, dict):
             raise InputError(f"--config {args.config} must hold a mapping of option: value.")
-        for raw, value in doc.items():
-            key = str(raw).replace("-", "_")
-            if key not in REGISTER_OPTIONS:
-                raise InputError(f"--config {args.config}: unknown key {raw!r}; known keys: "
-                                 f"{', '.join(REGISTER_OPTIONS)}.")
-            options[key] = _config_value(key, value, f"--config {args.config}")
-    for key in REGISTER_OPTIONS:
+        options.update(RegistrationOptions.from_text(doc, f"--config {args.config}"))
+    for key in CLI_OPTIONS:
         value = getattr(args, key)
         if value is not None:
-            options[key] = _config_value(key, value, "--" + key.replace("_", "-"))
-    if "block_method" in options:  # register() calls it method=
-        options["method"] = options.pop("block_method")
+            where = "--" + cli_name(key).replace("_", "-")
+            options[key] = RegistrationOptions.parse(key, value, where)
     return options
 
 
@@ -500,9 +432,10 @@ def main(argv: list[str] | None = None) -> int:
         "register": _register,
         "qc": _qc,
     }
-    warnings.showwarning = _show_warning
     try:
-        return handlers[args.command](args)
+        with warnings.catch_warnings():  # restores the process's warning display after
+            warnings.showwarning = _show_warning
+            return handlers[args.command](args)
     except NgffregError as exc:
         print(f"ngffreg {args.command}: error: {exc}", file=sys.stderr)
         return 2

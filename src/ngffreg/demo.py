@@ -17,7 +17,7 @@ import numpy as np
 import xarray as xr
 
 from .image import Grid
-from .transforms.model import Affine, DisplacementField, Identity, Sequence, Transform
+from .transforms import Affine, DisplacementField, Identity, Sequence, Transform
 
 
 def known_deformation(grid: Grid, *, amplitude: float = 2.0, rotation_deg: float = 3.0,

@@ -17,20 +17,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .blocks import BlockPlan, block_shape
-from .image import Grid
+from .blocks import BlockPlan
+from .errors import InputError
 from .registration.coarse import CoarseResult, coarse_register, image_levels
 from .registration.execution import block_client
-from .registration.methods import block_method, default_block_method
+from .registration.options import RegistrationOptions
 from .registration.register import (
     RegistrationResult,
     blend_pass,
-    default_workers,
     register,
     run_pass,
     steps_of,
 )
-from .transforms.model import Sequence, Transform
+from .registration.resolve import resolve
+from .transforms import Sequence, Transform
 
 
 class ChunkedRegistration:
@@ -75,6 +75,11 @@ class ChunkedRegistration:
         self.method = method
         self.backend = backend
         self.block_levels = block_levels
+        # the options of every step, checked now (the one source of defaults)
+        self.options = RegistrationOptions(
+            downsample_factor=downsample_factor, chunk_size=chunk_size,
+            overlap_fraction=overlap_fraction, workers=self.workers, fine_level=fine_level,
+            method=method, backend=backend, block_levels=block_levels)
         self.fixed_levels = image_levels(fixed_image_path, name="fixed")
         self.moving_levels = image_levels(moving_image_path, name="moving")
         self.coarse: CoarseResult | None = None
@@ -94,14 +99,12 @@ class ChunkedRegistration:
         """Everything in one call: coarse, blocks, blend, warp, output store."""
         self.result = register(
             self.fixed_levels, self.moving_levels, self._output(output_path),
-            downsample_factor=self.downsample_factor, fine_level=self.fine_level,
-            chunk_size=self.chunk_size, overlap_fraction=self.overlap_fraction,
-            linear_type=linear_type, nonlinear_type_coarse=nonlinear_type_coarse,
-            nonlinear_type_fine=nonlinear_type_fine, linear_accuracy=linear_accuracy,
-            coarse_accuracy=coarse_accuracy, fine_accuracy=fine_accuracy,
-            method=self.method, interpolator=interpolator, blend_sigma=blend_sigma,
-            workers=self.workers, client=self.client, overwrite=overwrite,
-            backend=self.backend, block_levels=self.block_levels)
+            options=self.options.replace(
+                linear_type=linear_type, nonlinear_type_coarse=nonlinear_type_coarse,
+                nonlinear_type_fine=nonlinear_type_fine, linear_accuracy=linear_accuracy,
+                coarse_accuracy=coarse_accuracy, fine_accuracy=fine_accuracy,
+                interpolator=interpolator, blend_sigma=blend_sigma),
+            client=self.client, overwrite=overwrite)
         self.coarse, self.plan, self.blocks = (self.result.coarse, self.result.plan,
                                                self.result.blocks)
         return self.result
@@ -123,17 +126,14 @@ class ChunkedRegistration:
         """Fine registration of every block (after :meth:`perform_coarse_registration`)."""
         if self.coarse is None:
             self.perform_coarse_registration()
-        method = (block_method(self.method) if self.method is not None
-                  else default_block_method(nonlinear_type, nonlinear_accuracy))
-        workers = self.workers
-        if workers is None:
-            grid = Grid.of(self.fixed_levels[self.fine_level])
-            workers = default_workers(block_shape(self.chunk_size, grid), self.overlap_fraction)
-        with block_client(workers, client=self.client) as cluster:
+        plan = resolve(self.options.replace(nonlinear_type_fine=nonlinear_type,
+                                            fine_accuracy=nonlinear_accuracy),
+                       self.fixed_levels, client=self.client)
+        with block_client(plan.workers, client=self.client) as cluster:
             self.plan, self.blocks = run_pass(
-                self.fixed_levels, self.moving_levels, self.fine_level, self.chunk_size,
+                self.fixed_levels, self.moving_levels, plan.fine_level, plan.chunk_size,
                 self.overlap_fraction, self.fixed_levels[self.coarse.fixed_level],
-                self.coarse.transform, method, Path(self._work.name), client=cluster)
+                self.coarse.transform, plan.method, Path(self._work.name), client=cluster)
         return self.blocks
 
     def apply_transforms_and_blend(self, output_path: Any = None, interpolator: str = "linear",
@@ -145,7 +145,8 @@ class ChunkedRegistration:
 
         if not self.blocks:
             self.register_all_chunks()
-        assert self.coarse is not None and self.plan is not None
+        if self.coarse is None or self.plan is None:
+            raise InputError("No blocks to blend: run register_all_chunks() first.")
         fine, _ = blend_pass(self.plan, self.blocks, Path(self._work.name), blend_sigma)
         transform = Sequence(transforms=(fine, *steps_of(self.coarse.transform)))
         write_warped(self.moving_levels, transform, self._output(output_path),

@@ -4,7 +4,8 @@
 Levels are built lazily, one from the previous, with an anti-aliasing filter. Factors are
 per axis: an axis much finer than the coarsest one is halved alone until the others catch
 up, so an anisotropic volume becomes more isotropic with each level instead of staying as
-anisotropic as it started.
+anisotropic as it started. :func:`image_levels` gives the levels of whatever an image comes
+as (a path, an image, a pyramid, a list of levels).
 """
 
 from __future__ import annotations
@@ -253,3 +254,27 @@ def level(pyramid: xr.DataTree, index: int) -> xr.DataArray:
     if not -len(lv) <= index < len(lv):
         raise InputError(f"The pyramid has levels 0–{len(lv) - 1}; level {index} does not exist.")
     return lv[index]
+
+
+def image_levels(image: Any, *, voxel_size: Any = None, unit: str | None = None,
+                 name: str = "image") -> list[xr.DataArray]:
+    """The resolution levels (finest first) of a path, an image, a pyramid or a list of
+    levels; a single image gets a lazy pyramid (down to 32 voxels per axis)."""
+    from .io.read import open_levels
+
+    if isinstance(image, (list, tuple)):
+        lv = list(image)
+    elif isinstance(image, xr.DataTree):
+        lv = levels(image)
+    elif isinstance(image, xr.DataArray):
+        lv = [image]
+    else:
+        lv = open_levels(image, voxel_size=voxel_size, unit=unit, name=name)
+    for level in lv:
+        if tuple(level.dims) != ("z", "y", "x"):
+            raise InputError(
+                f"Registration takes 3-D images with dims (z, y, x); got dims {level.dims} "
+                f"for {name}. Select one channel and time point first (e.g. image.isel(c=0)).")
+    if len(lv) == 1:
+        lv = levels(to_pyramid(lv[0]))
+    return lv

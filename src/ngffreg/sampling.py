@@ -49,8 +49,16 @@ def footprint(order: int) -> tuple[int, int]:
 
 
 #: Bytes of decoded source chunks a process keeps for reuse (see :class:`ChunkCache`);
-#: ``NGFFREG_CHUNK_CACHE_MB`` in the environment overrides it (0 turns the cache off).
-CHUNK_CACHE_BYTES = int(float(os.environ.get("NGFFREG_CHUNK_CACHE_MB", 256)) * 2**20)
+#: ``NGFFREG_CHUNK_CACHE_MB`` in the environment, read when the cache is first used (not at
+#: import), overrides it (0 turns the cache off).
+CHUNK_CACHE_BYTES = 256 * 2**20
+
+
+def configured_cache_bytes() -> int:
+    """The chunk cache's size: ``NGFFREG_CHUNK_CACHE_MB`` (MiB) if set, else
+    :data:`CHUNK_CACHE_BYTES`."""
+    value = os.environ.get("NGFFREG_CHUNK_CACHE_MB")
+    return CHUNK_CACHE_BYTES if value is None else int(float(value) * 2**20)
 
 
 class ChunkCache:
@@ -60,8 +68,8 @@ class ChunkCache:
     same time: :meth:`claim` tells the second to wait for the first (neighbouring output
     chunks run side by side and share source chunks). No lock is held while decoding."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit = int(limit)
+    def __init__(self, limit: int | None = None) -> None:
+        self._limit = None if limit is None else int(limit)
         self._items: OrderedDict[Any, np.ndarray] = OrderedDict()
         self._pending: dict[Any, threading.Event] = {}
         self._bytes = 0
@@ -117,6 +125,14 @@ class ChunkCache:
         if event is not None:
             event.set()
 
+    @property
+    def limit(self) -> int:
+        """Bytes the cache holds at most (given, or :func:`configured_cache_bytes` when
+        first asked)."""
+        if self._limit is None:
+            self._limit = configured_cache_bytes()
+        return self._limit
+
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
@@ -124,8 +140,9 @@ class ChunkCache:
             self.hits = self.misses = 0
 
 
-#: The process's chunk cache (used by :func:`read_region` when given a token).
-CHUNK_CACHE = ChunkCache(CHUNK_CACHE_BYTES)
+#: The process's chunk cache (used by :func:`read_region` when given a token); its size is
+#: read from the environment when it is first used.
+CHUNK_CACHE = ChunkCache()
 
 
 def _cacheable(data: Any) -> bool:

@@ -154,7 +154,7 @@ def random_deformation(
     from scipy import ndimage
 
     from .image import Grid
-    from .transforms.model import DisplacementField
+    from .transforms import DisplacementField
 
     rng = np.random.default_rng(seed)
     step = float(control_spacing)

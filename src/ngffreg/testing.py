@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .registration.methods import BlockInfo, BlockResult
-from .transforms.model import Identity
+from .transforms import Identity
 
 
 @dataclass(frozen=True)

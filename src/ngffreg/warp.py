@@ -37,17 +37,16 @@ from .errors import InputError
 from .image import SPATIAL_DIMS, Grid, to_units, units
 from .image import spacing as image_spacing
 from .sampling import REGION_BYTES, footprint, read_region, sample
-from .transforms.model import (
+from .transforms import (
     Affine,
-    Bijection,
     DisplacementField,
     Identity,
     Scale,
-    Sequence,
     Transform,
     Translation,
-    _as_grid,
+    iter_steps,
 )
+from .transforms.field import _as_grid
 from .units import unit_factor
 
 #: The seed's interpolator names, and the spline order each stands for.
@@ -87,18 +86,9 @@ def _kernels() -> Any:
 def _flatten(transform: Transform) -> list[Transform] | None:
     """The steps of a chain of linear maps and displacement fields, or None for any other
     transform (exact types only: a subclass may change what a step does)."""
-    if type(transform) is Sequence:
-        steps: list[Transform] = []
-        for t in transform.transforms:
-            inner = _flatten(t)
-            if inner is None:
-                return None
-            steps.extend(inner)
+    steps = list(iter_steps(transform, exact=True))
+    if all(type(t) in _LINEAR_TYPES or type(t) is DisplacementField for t in steps):
         return steps
-    if type(transform) is Bijection:
-        return _flatten(transform.forward)
-    if type(transform) in _LINEAR_TYPES or type(transform) is DisplacementField:
-        return [transform]
     return None
 
 

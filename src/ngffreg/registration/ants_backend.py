@@ -29,7 +29,7 @@ import xarray as xr
 from .. import itk_bridge
 from ..errors import InputError
 from ..image import Grid, load, units
-from ..transforms.model import Affine, DisplacementField, Sequence, Transform
+from ..transforms import Affine, DisplacementField, Sequence, Transform
 
 LINEAR_TYPES = ("Translation", "Rigid", "Similarity", "Affine")
 NONLINEAR_TYPES = ("SyNOnly", "SyN", "Elastic")

@@ -39,8 +39,9 @@ import xarray as xr
 
 from ..blocks import Block, BlockPlan, core_slices, moving_region, subgrid
 from ..image import Grid, load, units
+from ..qc import block_table as block_table
 from ..qc import jacobian_determinant, ncc
-from ..transforms.model import Transform, sample_field
+from ..transforms import Transform, sample_field
 from ..warp import warp
 from .isolation import call_method
 from .methods import BlockInfo, BlockMethod, BlockResult
@@ -217,7 +218,7 @@ def _plain(value: Any) -> Any:
 def _field_on(residual: Transform, grid: Grid) -> np.ndarray:
     """The residual's displacement (3, z, y, x) on the block grid: the field's own values
     when it is a displacement field on that very grid, else sampled."""
-    from ..transforms.model import DisplacementField
+    from ..transforms import DisplacementField
 
     if isinstance(residual, DisplacementField) and residual.grid.matches(grid):
         return np.asarray(residual.field.values, dtype=np.float32)
@@ -416,12 +417,3 @@ def _collect(client: Any, pending: list[Any], by_key: dict[str, Block], work: Pa
                         client.restart_workers([mark["worker"]], timeout=60)
                 if progress:
                     progress(rec)
-
-
-def block_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One flat row per block for the QC table."""
-    keys = ("id", "index", "status", "foreground", "ncc_before", "ncc_after", "jacobian_min",
-            "jacobian_max", "displacement_max", "held_out_before", "held_out_after",
-            "seconds", "method_seconds", "worker", "message")
-    return [{k: r.get(k) for k in keys} for r in records]
-

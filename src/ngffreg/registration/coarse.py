@@ -27,10 +27,9 @@ from dask.utils import parse_bytes
 
 from ..errors import InputError
 from ..image import Grid, load, spacing, to_units, units
-from ..pyramid import levels as pyramid_levels
-from ..pyramid import to_pyramid
+from ..pyramid import image_levels as image_levels
 from ..qc import ncc, otsu_threshold
-from ..transforms.model import Identity, Transform
+from ..transforms import Identity, Transform
 from ..warp import warp
 from . import ants_backend, elastix_backend
 from .isolation import call_in_child
@@ -44,30 +43,6 @@ BYTES_PER_VOXEL = 240
 ONE_THREAD_ENV = {"ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1"}
 #: The linear stages run one level finer than the coarse level up to this size (voxels).
 LINEAR_MAX_VOXELS = 2**24
-
-
-def image_levels(image: Any, *, voxel_size: Any = None, unit: str | None = None,
-                 name: str = "image") -> list[xr.DataArray]:
-    """The resolution levels (finest first) of a path, an image, a pyramid or a list of
-    levels; a single image gets a lazy pyramid (down to 32 voxels per axis)."""
-    from ..io.read import open_levels
-
-    if isinstance(image, (list, tuple)):
-        lv = list(image)
-    elif isinstance(image, xr.DataTree):
-        lv = pyramid_levels(image)
-    elif isinstance(image, xr.DataArray):
-        lv = [image]
-    else:
-        lv = open_levels(image, voxel_size=voxel_size, unit=unit, name=name)
-    for level in lv:
-        if tuple(level.dims) != ("z", "y", "x"):
-            raise InputError(
-                f"Registration takes 3-D images with dims (z, y, x); got dims {level.dims} "
-                f"for {name}. Select one channel and time point first (e.g. image.isel(c=0)).")
-    if len(lv) == 1:
-        lv = pyramid_levels(to_pyramid(lv[0]))
-    return lv
 
 
 def pick_level(levels: Seq[xr.DataArray], *, downsample_factor: float | None = None,
@@ -242,7 +217,7 @@ def _run_greedy(fixed: xr.DataArray, moving: xr.DataArray, linear: Transform,
     grid through ``linear``, registered there; ``[field, linear]`` and its inverse, and what
     was decided. As for blocks, voxels in a lattice of small cubes are held out of the
     fit: when it does not raise their local correlation, the linear result is kept."""
-    from ..transforms.model import Sequence
+    from ..transforms import Sequence
     from .greedy import greedy_register, hold_out_cells
     from .methods import Greedy
 

@@ -24,7 +24,7 @@ Images go to elastix with their full physical grid (spacing, origin, direction, 
 :mod:`ngffreg.itk_bridge`), on lengths multiplied by
 :func:`~ngffreg.itk_bridge.ants_length_scale` as for ANTs, and the results come back in the
 images' own space and unit as fixed → moving transforms: an
-:class:`~ngffreg.transforms.model.Affine` for linear kinds; with a B-spline stage a
+:class:`~ngffreg.transforms.linear.Affine` for linear kinds; with a B-spline stage a
 ``Sequence[DisplacementField, Affine]`` (points go through the field first), the field
 sampled on the fixed grid and exact there (elastix composes its stages as
 ``T(p) = B(A(p))``; the field holds ``A⁻¹(B(A(p))) − p``), the affine alone outside it.
@@ -47,7 +47,7 @@ import xarray as xr
 from .. import itk_bridge
 from ..errors import InputError
 from ..image import Grid, to_units, units
-from ..transforms.model import Affine, DisplacementField, Sequence, Transform
+from ..transforms import Affine, DisplacementField, Sequence, Transform
 from .ants_backend import _in_memory, _unscale
 
 KINDS = ("translation", "rigid", "similarity", "affine", "bspline")
@@ -164,7 +164,7 @@ def _mask(mask: xr.DataArray | None, like: xr.DataArray, k: float) -> Any:
     if a.shape != b.shape or not (np.allclose(a.spacing, b.spacing)
                                   and np.allclose(a.origin, b.origin)
                                   and np.allclose(a.direction, b.direction)):
-        from ..transforms.model import Identity
+        from ..transforms import Identity
         from ..warp import warp
 
         mask = warp(mask, Identity(), like=like, interpolator="nearestNeighbor")

@@ -25,7 +25,7 @@ The inverse is ``exp(-w)`` (``velocity``) or a fixed-point iteration
 ``ψ(y) = -u(y + ψ(y))``, refined until the residual stops falling. Smoothing widths are
 voxels of each level (a number) or lengths (``"80 um"``), per axis on anisotropic grids.
 The images' direction enters only at the end: the answer is a
-:class:`~ngffreg.transforms.model.DisplacementField` (fixed → moving, physical units,
+:class:`~ngffreg.transforms.field.DisplacementField` (fixed → moving, physical units,
 world z, y, x components) on the fixed grid, so any direction and spacing give the same
 physical answer. Everything runs in memory (no files, no subprocess) in float32 with
 float64 sums, in kernels that release the GIL; the same inputs give the same field bit
@@ -45,7 +45,7 @@ import xarray as xr
 from ..blocks import LENGTH
 from ..errors import InputError
 from ..image import Grid
-from ..transforms.model import DisplacementField
+from ..transforms import DisplacementField
 from ..units import normalize_unit, unit_factor
 from . import greedy_kernels as K
 

@@ -42,7 +42,7 @@ import xarray as xr
 
 from ..blocks import core_slices
 from ..errors import InputError
-from ..transforms.model import Transform
+from ..transforms import Transform
 from . import ants_backend, elastix_backend, greedy
 
 

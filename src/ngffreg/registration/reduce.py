@@ -29,7 +29,7 @@ import numpy as np
 
 from ..blocks import BlockPlan
 from ..image import SPATIAL_DIMS
-from ..transforms.model import DisplacementField
+from ..transforms import DisplacementField
 from .blockwise import KEPT, read_field
 
 

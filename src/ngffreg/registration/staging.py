@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import pickle
 import shutil
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..transforms.model import Bijection, DisplacementField, Sequence, Transform
+from ..transforms import DisplacementField, Transform, map_fields
 
 #: An argument of a block task larger than this (pickled) is written to the work folder.
 TASK_ARGUMENT_BYTES = 256 * 2**10
@@ -100,20 +99,6 @@ def stage_image(image: xr.DataArray, folder: Path, name: str) -> xr.DataArray:
         return image
     data = store_array(image.data, Path(folder) / name)
     return image.copy(data=data)
-
-
-def map_fields(transform: Any, fn: Callable[[DisplacementField], Transform]) -> Any:
-    """``transform`` with ``fn`` applied to each of its displacement fields, through
-    sequences and bijections (``None`` stays ``None``)."""
-    if isinstance(transform, Sequence):
-        return replace(transform, transforms=tuple(map_fields(t, fn)
-                                                   for t in transform.transforms))
-    if isinstance(transform, Bijection):
-        return replace(transform, forward=map_fields(transform.forward, fn),
-                       inverse_transform=map_fields(transform.inverse_transform, fn))
-    if isinstance(transform, DisplacementField):
-        return fn(transform)
-    return transform
 
 
 def persist_transform(transform: Transform, folder: Path, prefix: str = "field") -> Transform:

@@ -38,15 +38,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import TransformError
-from .ngff import (
-    _holder,
-    _matrix,
-    _read_field,
-    _read_json,
-    _referenced_systems,
-    _store_path,
-    _system_name,
-    _systems,
+from .ngff.decode import read_field, read_parameters
+from .ngff.store import (
+    declared_systems,
+    existing_store,
+    read_json,
+    referenced_systems,
+    system_name,
+    transform_holder,
 )
 
 #: Fixed-point iterations allowed to invert a displacement field at a point.
@@ -68,18 +67,18 @@ class _Edge:
 
 
 def _graph(store: Path) -> tuple[dict[str, list[dict]], list[_Edge]]:
-    root = _holder(_read_json(store / "zarr.json"), store)
-    systems = {**_systems(root), **_referenced_systems(store, root)}
+    root = transform_holder(read_json(store / "zarr.json"), store)
+    systems = {**declared_systems(root), **referenced_systems(store, root)}
     entries = list(root.get("coordinateTransformations") or [])
     for key in {k.split(":", 1)[0] for k in systems if ":" in k}:
         try:
-            image = _holder(_read_json(store / key / "zarr.json"), store / key)
+            image = transform_holder(read_json(store / key / "zarr.json"), store / key)
         except Exception:
             continue
         for entry in image.get("coordinateTransformations") or []:
             entry = dict(entry)
             for side in ("input", "output"):
-                name = _system_name(entry.get(side))
+                name = system_name(entry.get(side))
                 if name is not None and ":" not in name:
                     entry[side] = {"path": key, "name": name}
             entries.append(entry)
@@ -87,7 +86,7 @@ def _graph(store: Path) -> tuple[dict[str, list[dict]], list[_Edge]]:
     for entry in entries:
         if not isinstance(entry, dict):
             continue
-        a, b = _system_name(entry.get("input")), _system_name(entry.get("output"))
+        a, b = system_name(entry.get("input")), system_name(entry.get("output"))
         if a is None or b is None:
             continue
         edges += [_Edge(a, b, entry, False), _Edge(b, a, entry, True)]
@@ -133,13 +132,13 @@ def _linear(entry: dict[str, Any], n: int, store: Path, where: str) -> np.ndarra
     kind = entry["type"]
     m = np.eye(n + 1)
     if kind == "translation":
-        m[:n, n] = _matrix(entry, "translation", store, where).reshape(n)
+        m[:n, n] = read_parameters(entry, "translation", store, where).reshape(n)
     elif kind == "scale":
-        m[:n, :n] = np.diag(_matrix(entry, "scale", store, where).reshape(n))
+        m[:n, :n] = np.diag(read_parameters(entry, "scale", store, where).reshape(n))
     elif kind == "rotation":
-        m[:n, :n] = _matrix(entry, "rotation", store, where).reshape(n, n)
+        m[:n, :n] = read_parameters(entry, "rotation", store, where).reshape(n, n)
     elif kind == "affine":
-        a = _matrix(entry, "affine", store, where)
+        a = read_parameters(entry, "affine", store, where)
         if a.shape not in ((n, n + 1), (n + 1, n + 1)):
             raise TransformError(f"{where}: a {n}-D affine is {n}×{n + 1}; got {a.shape}.")
         m[:n] = a[:n]
@@ -201,7 +200,7 @@ def apply_entry(entry: dict[str, Any], pts: np.ndarray, store: Path, *, inverse:
     if kind == "displacements":
         if n != 3:
             raise UnsupportedTransform(f"{where}: ngffreg applies displacement fields in 3-D.")
-        field = _read_field(store, entry, {"name": entry.get("name")}, {}, where)
+        field = read_field(store, entry, {"name": entry.get("name")}, {}, where)
         return _invert_field(field, pts, where) if inverse else field.apply(pts)
     raise UnsupportedTransform(f"{where}: ngffreg does not apply {kind!r} transformations.")
 
@@ -218,7 +217,7 @@ def map_points(store: str | Path, source: str, target: str, points: Any) -> np.n
     UnsupportedTransform
         A transformation type on the way that ngffreg does not apply.
     """
-    path = _store_path(store)
+    path = existing_store(store)
     systems, edges = _graph(path)
     source = _resolve(source, systems, "source", path)
     target = _resolve(target, systems, "target", path)

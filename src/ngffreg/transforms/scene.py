@@ -30,14 +30,14 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..image import SPATIAL_DIMS
-from .ngff import (
+from .ngff.store import (
     FIXED,
     MOVING,
-    _multiscales,
-    _read_json,
-    _spatial_unit,
-    _systems,
-    _write_json_atomic,
+    declared_systems,
+    image_multiscales,
+    read_json,
+    spatial_unit,
+    write_json_atomic,
 )
 
 #: The registered image's group in a scene store.
@@ -63,14 +63,14 @@ def start_scene(root: Path, *, image: str = IMAGE) -> Path:
     Returns ``root``.
     """
     root = Path(root)
-    ms = _multiscales(_read_json(root / image / "zarr.json"), root / image)
-    systems = _systems(ms)
+    ms = image_multiscales(read_json(root / image / "zarr.json"), root / image)
+    systems = declared_systems(ms)
     if not systems:
         raise InputError(f"{root / image} declares no coordinate system.")
     # the image's physical system: listed last (an oblique image's datasets map to a grid
     # system first, and one affine takes it to the physical system)
     own = list(systems)[-1]
-    unit = _spatial_unit(systems[own], own)
+    unit = spatial_unit(systems[own], own)
     if not unit:
         raise InputError(
             f"{root / image}: its coordinate system {own!r} is not a z, y, x space with a unit.")
@@ -81,7 +81,7 @@ def start_scene(root: Path, *, image: str = IMAGE) -> Path:
                 "type": "identity", "name": PLACEMENT,
                 "input": {"path": image, "name": own}, "output": {"name": FIXED}}]}},
         "ngffreg": {"layout": LAYOUT, "image": image}}}
-    _write_json_atomic(root / "zarr.json", doc)
+    write_json_atomic(root / "zarr.json", doc)
     return root
 
 

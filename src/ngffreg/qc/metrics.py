@@ -1,7 +1,9 @@
-"""Quality measures of a registration: similarity, Jacobian determinants, foreground.
+"""Quality measures of a registration: similarity, Jacobian determinants, foreground,
+the quality of a displacement field.
 
 Small numpy functions that work on in-memory arrays (one block, one coarse level); the
-pipeline applies them block by block.
+pipeline applies them block by block. :func:`field_report` measures a whole
+displacement field chunk by chunk.
 """
 
 from __future__ import annotations
@@ -70,45 +72,6 @@ def otsu_threshold(values: Any, bins: int = 256) -> float:
     return float(edges[1:][int(np.argmax(between[:-1]))])
 
 
-def _normalise(a: np.ndarray) -> np.ndarray:
-    a = np.nan_to_num(np.asarray(a, dtype=np.float64))
-    lo, hi = np.percentile(a, [1, 99.5])
-    return np.clip((a - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(a)
-
-
-def overlay_figure(fixed: Any, before: Any, after: Any, path: Any, *,
-                   spacing: Any = (1.0, 1.0, 1.0), title: str = "") -> Any:
-    """A PNG of the three orthogonal middle planes: the fixed image in magenta over the
-    moving image in green, before (top row) and after (bottom row) registration; aligned
-    structures turn grey-white. Arrays are z, y, x on one grid with ``spacing``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    f, b, a = (_normalise(x) for x in (fixed, before, after))
-    sz, sy, sx = (float(v) for v in spacing)
-    mid = [n // 2 for n in f.shape]
-    planes = [("axial (z)", lambda v: v[mid[0]], sy / sx),
-              ("coronal (y)", lambda v: v[:, mid[1]], sz / sx),
-              ("sagittal (x)", lambda v: v[:, :, mid[2]], sz / sy)]
-    fig, axes = plt.subplots(2, 3, figsize=(12, 8))
-    for row, (label, moving) in enumerate((("before", b), ("after", a))):
-        score = ncc(f, moving)
-        for col, (name, cut, aspect) in enumerate(planes):
-            fp, mp = cut(f), cut(moving)
-            rgb = np.stack([fp, mp, fp], axis=-1)
-            ax = axes[row, col]
-            ax.imshow(rgb, origin="lower", aspect=aspect, interpolation="nearest")
-            ax.set_title(f"{name}, {label} (NCC {score:.3f})", fontsize=9)
-            ax.axis("off")
-    fig.suptitle(title or "fixed (magenta) over moving (green)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
-
-
 def _field_gradient(u: np.ndarray, spacing: Any) -> np.ndarray:
     """``∂u_i/∂x_j`` (…, 3, 3) of a (3, z, y, x) field by central differences."""
     g = np.empty((*u.shape[1:], 3, 3))
@@ -127,7 +90,7 @@ def field_report(field: Any, edges: Any = None) -> dict[str, Any]:
     the largest elsewhere (their ratio: the seam ratio)."""
     import dask.array as da
 
-    from .sampling import read_region
+    from ..sampling import read_region
 
     grid = field.grid
     data = field.field.data
