@@ -37,7 +37,7 @@ compares with ANTs' and ITK's float32 outputs: max |difference| over the voxels 
 ``--per-chunk`` instead times single 128³ output chunks in this process (one thread,
 synchronous scheduler): a row of neighbouring chunks along x in the middle of the volume,
 for the compiled path (``ngffreg.kernels``) and the reference path
-(``ngffreg.warp.USE_KERNELS = False``), linear and nearest neighbour, uint16 output. The
+(``ngffreg.warp.warp(..., kernels=False)``), linear and nearest neighbour, uint16 output. The
 first chunk of each row starts with an empty chunk cache (and pays any numba compile);
 the median is over the others, which reuse the source chunks their neighbours decoded.
 
@@ -344,11 +344,10 @@ def per_chunk(work: Path, shape: tuple[int, ...]) -> dict:
     blocks = [(nz // 2, ny // 2, k) for k in range(min(nx, 7))]
     rows = {}
     for path in ("compiled", "reference"):
-        warp_module.USE_KERNELS = path == "compiled"
         for interpolator in ("linear", "nearestNeighbor"):
             CHUNK_CACHE.clear()
             out = warp_module.warp(moving, transform, like=grid, interpolator=interpolator,
-                                   chunks=CHUNK, dtype="uint16")
+                                   chunks=CHUNK, dtype="uint16", kernels=path == "compiled")
             times = []
             with dask.config.set(scheduler="synchronous"):
                 for b in blocks:
@@ -359,7 +358,6 @@ def per_chunk(work: Path, shape: tuple[int, ...]) -> dict:
                                               "median_s": statistics.median(times[1:]),
                                               "times_s": times}
             print(f"  {path} {interpolator}: {times} s per chunk", flush=True)
-    warp_module.USE_KERNELS = True
     return {"shape": list(shape), "blocks": [list(b) for b in blocks], "rows": rows}
 
 

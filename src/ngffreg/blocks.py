@@ -98,9 +98,9 @@ def block_bytes(core: Any, overlap_fraction: float = 0.25) -> int:
 def auto_block_size(memory_budget: Any, overlap_fraction: float = 0.25) -> int:
     """The largest block core (voxels per axis, a multiple of 8) whose registration fits in
     ``memory_budget`` (bytes or a string such as ``"1 GiB"``) per worker process."""
-    from dask.utils import parse_bytes
+    from .units import parse_bytes
 
-    budget = parse_bytes(memory_budget) if isinstance(memory_budget, str) else memory_budget
+    budget = parse_bytes(memory_budget)
     room = float(budget) - BLOCK_BASE_BYTES
     if room <= 16**3 * BLOCK_BYTES_PER_VOXEL:
         raise InputError(

@@ -17,11 +17,11 @@ from typing import Any, Literal
 import dask.array as da
 import numpy as np
 import xarray as xr
-from dask.utils import parse_bytes
 from scipy import ndimage
 
 from .errors import InputError
 from .image import SPATIAL_DIMS, spacing
+from .units import parse_bytes
 
 Method = Literal["mean", "gaussian", "nearest"]
 DEFAULT_CHUNKS = 128
@@ -238,7 +238,7 @@ def select_level(
         return best
     if memory_budget is not None:
         budget = (
-            parse_bytes(memory_budget) if isinstance(memory_budget, str) else int(memory_budget)
+            parse_bytes(memory_budget)
         )
         per = bytes_per_voxel if bytes_per_voxel is not None else lv[0].dtype.itemsize
         max_voxels = int(budget / per)

@@ -1,8 +1,11 @@
-"""Physical units: the OME-NGFF names, aliases users type, and conversion factors."""
+"""Physical units: the OME-NGFF names, aliases users type, and conversion factors; and
+memory sizes (:func:`parse_bytes`, the one parser of ``"8 GiB"``-style budgets)."""
 
 from __future__ import annotations
 
-from .errors import UnitError
+from typing import Any
+
+from .errors import InputError, UnitError
 
 # Length units of OME-NGFF (UDUNITS-2 names), in metres.
 _LENGTH_IN_METRES: dict[str, float] = {
@@ -81,3 +84,18 @@ def normalize_unit(unit: str) -> str:
 def unit_factor(from_unit: str, to_unit: str) -> float:
     """Factor that converts a length in ``from_unit`` to ``to_unit``."""
     return _LENGTH_IN_METRES[normalize_unit(from_unit)] / _LENGTH_IN_METRES[normalize_unit(to_unit)]
+
+
+def parse_bytes(value: Any) -> int:
+    """A memory size in bytes: a number, or text such as ``"8 GiB"``, ``"500MB"``; refused
+    with a message when unreadable or not positive."""
+    from dask.utils import parse_bytes as parse
+
+    try:
+        out = parse(value) if isinstance(value, str) else int(value)
+    except (ValueError, TypeError):
+        raise InputError(f"Cannot read {value!r} as a memory size; write e.g. '8 GiB' or "
+                         "a number of bytes.") from None
+    if out <= 0:
+        raise InputError(f"A memory size must be positive; got {value!r}.")
+    return out

@@ -67,8 +67,6 @@ def interpolation_order(interpolator: str) -> int:
     return INTERPOLATORS[name]
 
 
-#: Use the compiled kernels when numba imports (tests switch it off to compare paths).
-USE_KERNELS = True
 _LINEAR_TYPES = (Identity, Translation, Scale, Affine)
 #: dtypes the kernels interpolate (not float16, bool, complex: those go through scipy).
 _KERNEL_DTYPES = frozenset("bBhHiIlLqQfd")
@@ -314,6 +312,7 @@ def warp(
     fill_value: float = 0.0,
     chunks: Any = None,
     dtype: Any = None,
+    kernels: bool = True,
 ) -> xr.DataArray:
     """Resample ``moving`` through ``transform`` (fixed → moving points) onto a grid.
 
@@ -337,6 +336,9 @@ def warp(
         Output chunks (z, y, x); default the fixed image's dask chunks, else 128³.
     dtype : optional
         Output dtype (default as above).
+    kernels : bool
+        Use the compiled (numba) kernels where the transform allows (default); False takes
+        the reference path (scipy per point), which tests and benchmarks compare with.
 
     Returns
     -------
@@ -364,10 +366,10 @@ def warp(
     dtype = np.dtype(dtype)
     fill = np.asarray(fill_value).astype(dtype)
     cache = f"warp-{uuid.uuid4().hex}"  # this call's entries in the chunk cache
-    steps = _flatten(transform) if USE_KERNELS else None
-    kernels = _kernels() if steps is not None else None
-    warper = (None if kernels is None else
-              _ChunkWarper(kernels, steps, grid, mgrid, np.dtype(moving.dtype), order, dtype,
+    steps = _flatten(transform) if kernels else None
+    compiled = _kernels() if steps is not None else None
+    warper = (None if compiled is None else
+              _ChunkWarper(compiled, steps, grid, mgrid, np.dtype(moving.dtype), order, dtype,
                             fill, cache))
 
     def block(block_info=None) -> np.ndarray:
@@ -376,7 +378,7 @@ def warp(
         if warper is not None and not warper.broken:
             try:
                 out = warper.chunk(loc, moving_data, source)
-            except kernels.NumbaError:  # types the kernels do not compile: reference path
+            except compiled.NumbaError:  # types the kernels do not compile: reference path
                 warper.broken, out = True, None
             if out is not None:
                 return out.reshape(out_shape)

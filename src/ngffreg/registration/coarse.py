@@ -23,13 +23,13 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-from dask.utils import parse_bytes
 
 from ..errors import InputError
 from ..image import Grid, load, spacing, to_units, units
 from ..pyramid import image_levels as image_levels
 from ..qc import ncc, otsu_threshold
 from ..transforms import Identity, Transform
+from ..units import parse_bytes
 from ..warp import warp
 from . import ants_backend, elastix_backend
 from .isolation import call_in_child
@@ -55,7 +55,7 @@ def pick_level(levels: Seq[xr.DataArray], *, downsample_factor: float | None = N
                              "levels.")
         return int(level)
     if memory_budget is not None:
-        budget = parse_bytes(memory_budget) if isinstance(memory_budget, str) else memory_budget
+        budget = parse_bytes(memory_budget)
         for i, lv in enumerate(levels):
             if lv.size * BYTES_PER_VOXEL <= float(budget):
                 return i
@@ -291,5 +291,7 @@ def _run_elastix(fixed: xr.DataArray, moving: xr.DataArray, kinds: list[str],
             metric="AdvancedMattesMutualInformation" if metric == "MI"
             else "AdvancedNormalizedCorrelation", **common)
         transform = deformable.transform
-    assert transform is not None
+    if transform is None:
+        raise InputError("The elastix coarse step has nothing to do: give a linear type or "
+                         "nonlinear_type_coarse='BSpline'.")
     return transform

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..blocks import BLOCK_BASE_BYTES, auto_block_size, block_bytes
 from ..errors import InputError, NgffregError
+from ..units import parse_bytes
 
 #: Environment of LocalCluster workers: one thread per library, the worker being the unit
 #: of parallelism (and ANTs giving the same result run after run).
@@ -54,19 +55,6 @@ CONNECT_TIMEOUT = 10
 
 class ClusterError(NgffregError, RuntimeError):
     """The dask cluster could not be reached or could not run the block tasks."""
-
-
-def parse_bytes(value: Any) -> int:
-    from dask.utils import parse_bytes as parse
-
-    try:
-        out = parse(value) if isinstance(value, str) else int(value)
-    except (ValueError, TypeError):
-        raise InputError(f"Cannot read {value!r} as a memory size; write e.g. '8 GiB' or "
-                         "a number of bytes.") from None
-    if out <= 0:
-        raise InputError(f"A memory size must be positive; got {value!r}.")
-    return out
 
 
 @dataclass(frozen=True)
