@@ -147,12 +147,18 @@ def find_scene_registration(scene: dict[str, Any], *, name: str | None = None,
                   if own(t.get("input")) and own(t.get("output"))
                   and _cs_name(t.get("input")) == reference
                   and _cs_name(t.get("output")) != reference]
+    return _the_one(candidates, name, where, f"scene transformation from the reference "
+                    f"system {reference!r} to another scene system")
+
+
+def _the_one(candidates: list[dict[str, Any]], name: str | None, where: str,
+             what: str) -> dict[str, Any]:
+    """The one candidate (``name`` picks among several), or an error saying what was found."""
     if name is not None:
         candidates = [t for t in candidates if t.get("name") == name]
     if len(candidates) != 1:
         raise SpecReaderError(
-            f"{where}: expected one scene transformation from the reference system "
-            f"{reference!r} to another scene system; found "
+            f"{where}: expected one {what}{f' named {name!r}' if name else ''}; found "
             f"{[(t.get('name'), _cs_name(t.get('output'))) for t in candidates]}.")
     return candidates[0]
 
@@ -204,14 +210,8 @@ def find_registration(ms: dict[str, Any], *, name: str | None = None,
         and _cs_name(t.get("output")) in systems
         and _cs_name(t.get("output")) != intrinsic
     ]
-    if name is not None:
-        candidates = [t for t in candidates if t.get("name") == name]
-    if len(candidates) != 1:
-        raise SpecReaderError(
-            f"{where}: expected one transformation from the intrinsic system {intrinsic!r} "
-            f"to another declared system{f' named {name!r}' if name else ''}; found "
-            f"{[(t.get('name'), _cs_name(t.get('output'))) for t in candidates]}.")
-    return candidates[0]
+    return _the_one(candidates, name, where, f"transformation from the intrinsic system "
+                    f"{intrinsic!r} to another declared system")
 
 
 # ---------------------------------------------------------------------------

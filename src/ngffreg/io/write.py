@@ -422,11 +422,13 @@ def _write_metadata(tmp: Path, ms, version: str, shard) -> None:
     _complete_multiscales(tmp, version, extra, ms.metadata.name)
 
 
-def _strip_none(value: Any) -> Any:
+def strip_none(value: Any) -> Any:
+    """``value`` (JSON-like: dicts, lists) without the ``None`` entries of its dicts, as a
+    metadata model's ``asdict`` gives them and NGFF JSON leaves them out."""
     if isinstance(value, dict):
-        return {k: _strip_none(v) for k, v in value.items() if v is not None}
+        return {k: strip_none(v) for k, v in value.items() if v is not None}
     if isinstance(value, list):
-        return [_strip_none(v) for v in value]
+        return [strip_none(v) for v in value]
     return value
 
 
@@ -444,7 +446,7 @@ def _complete_multiscales(tmp: Path, version: str, transforms: list | None, name
             out[key] = value
             if key == "datasets" and transforms:
                 out["coordinateTransformations"] = [
-                    _strip_none(dataclasses.asdict(t)) for t in transforms]
+                    strip_none(dataclasses.asdict(t)) for t in transforms]
         out.setdefault("name", name)
         out["type"] = str(method)
         out["metadata"] = {

@@ -19,6 +19,7 @@ import xarray as xr
 from ...errors import OutputError, TransformError
 from ...image import SPATIAL_DIMS
 from ...image import direction as image_direction
+from ...io.write import strip_none
 from ...units import normalize_unit
 from ..base import Transform
 from ..composite import Bijection, Sequence
@@ -46,14 +47,6 @@ _MAX_CHUNK = 128
 _NODE_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 __all__ = ["axis_aligned", "write_registration", "write_transforms"]
-
-
-def _strip_none(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _strip_none(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_strip_none(v) for v in value]
-    return value
 
 
 def _ref(name: str | None):
@@ -353,7 +346,7 @@ def write_transforms(
             validate_transform(model, model_systems)
         except ValueError as exc:
             raise TransformError(f"The transform {key!r} is not valid RFC-5: {exc}") from exc
-        entries.append(_strip_none(dataclasses.asdict(model)))
+        entries.append(strip_none(dataclasses.asdict(model)))
 
     # fields first (each atomic), then the root document in one rename
     if encoder.fields:
