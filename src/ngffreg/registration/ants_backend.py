@@ -28,8 +28,9 @@ import xarray as xr
 
 from .. import itk_bridge
 from ..errors import InputError
-from ..image import Grid, load, units
+from ..image import Grid, units
 from ..transforms import Affine, DisplacementField, Sequence, Transform
+from .backend import check_choice, in_memory, unscale
 
 LINEAR_TYPES = ("Translation", "Rigid", "Similarity", "Affine")
 NONLINEAR_TYPES = ("SyNOnly", "SyN", "Elastic")
@@ -51,12 +52,6 @@ NONLINEAR_SCHEDULES = {
 }
 #: Fewest voxels along the smallest axis of a shrunken level; coarser levels are dropped.
 MIN_LEVEL_VOXELS = 12
-
-
-def _check(name: str, value: Any, allowed: Seq[str]) -> str:
-    if value not in allowed:
-        raise InputError(f"Unknown {name} {value!r}; use one of: {', '.join(allowed)}.")
-    return value
 
 
 @dataclass(frozen=True)
@@ -86,8 +81,8 @@ class Stage:
 def linear_stages(linear_type: str, accuracy: str = "medium") -> list[Stage]:
     """The stages of a linear registration: ``Affine`` is preceded by ``Rigid`` (as in
     ``antsRegistrationSyN.sh``), the others run alone. Mutual information, 32 bins."""
-    _check("linear_type", linear_type, LINEAR_TYPES)
-    iterations = LINEAR_SCHEDULES[_check("accuracy", accuracy, ACCURACIES)]
+    check_choice("linear_type", linear_type, LINEAR_TYPES)
+    iterations = LINEAR_SCHEDULES[check_choice("accuracy", accuracy, ACCURACIES)]
     kinds = ["Rigid", "Affine"] if linear_type == "Affine" else [linear_type]
     return [Stage(kind, iterations) for kind in kinds]
 
@@ -97,10 +92,10 @@ def nonlinear_stage(nonlinear_type: str, accuracy: str = "medium", *, metric: st
     """A deformable stage: ``SyN``/``SyNOnly`` → ``SyN[0.2, 3, 0]``; ``Elastic`` → a
     Gaussian displacement field with total-field smoothing (``[0.25, 3, 1]``). Metric
     ``CC`` (neighbourhood radius ``radius``) by default, as ``antsRegistrationSyN[s]``."""
-    _check("nonlinear_type", nonlinear_type, NONLINEAR_TYPES)
-    _check("metric", metric, METRICS)
-    its = tuple(int(i) for i in (iterations or
-                                 NONLINEAR_SCHEDULES[_check("accuracy", accuracy, ACCURACIES)]))
+    check_choice("nonlinear_type", nonlinear_type, NONLINEAR_TYPES)
+    check_choice("metric", metric, METRICS)
+    schedule = NONLINEAR_SCHEDULES[check_choice("accuracy", accuracy, ACCURACIES)]
+    its = tuple(int(i) for i in (iterations or schedule))
     parameter = radius if metric == "CC" else 32
     if nonlinear_type == "Elastic":
         return Stage("GaussianDisplacementField", its, metric, parameter, 0.25, 3.0, 1.0, None)
@@ -150,30 +145,10 @@ class AntsResult:
     files: dict[str, list[str]] = field(default_factory=dict)
 
 
-def _in_memory(image: xr.DataArray) -> np.ndarray:
-    return np.asarray(load(image).values, dtype=np.float32)
-
-
 def _ants_image(image: xr.DataArray, scale: float) -> Any:
     grid = Grid.of(image)
-    return itk_bridge.to_ants(_in_memory(image), grid.spacing, grid.origin, grid.direction,
+    return itk_bridge.to_ants(in_memory(image), grid.spacing, grid.origin, grid.direction,
                               scale)
-
-
-def _unscale(t: Transform, k: float, unit: str) -> Transform:
-    """A transform fitted on coordinates multiplied by ``k``, in the original coordinates
-    (``T(p) = T_k(k p) / k``), held in memory."""
-    if isinstance(t, Sequence):
-        return Sequence(transforms=tuple(_unscale(s, k, unit) for s in t.transforms))
-    if isinstance(t, DisplacementField):
-        grid = t.grid
-        data = np.asarray(t.field.values, dtype=np.float32)
-        return DisplacementField.from_array(
-            data / np.float32(k) if k != 1 else data, spacing=grid.spacing / k,
-            origin=grid.origin / k, direction=grid.direction, unit=unit)
-    m = np.array(t.matrix, dtype=np.float64)
-    m[:3, 3] /= k
-    return Affine(matrix=m)
 
 
 def read_outputs(paths: Seq[str], invert: Seq[bool] | None = None) -> Sequence:
@@ -292,11 +267,11 @@ def run_ants(
         forward_files = [*warp, *affine]
         if not forward_files:
             raise RuntimeError("antsRegistration wrote no transform")
-        forward = _unscale(read_outputs(forward_files), k, unit)
+        forward = unscale(read_outputs(forward_files), k, unit)
         backward = None
         if inverse and (inv_warp or not warp):
             inverse_files = [*affine, *inv_warp]
-            backward = _unscale(read_outputs(
+            backward = unscale(read_outputs(
                 inverse_files, invert=[True] * len(affine) + [False] * len(inv_warp)), k, unit)
     return AntsResult(forward, backward,
                       {"fwdtransforms": [Path(p).name for p in forward_files]})

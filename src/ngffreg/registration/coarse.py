@@ -32,6 +32,7 @@ from ..transforms import Identity, Transform
 from ..units import parse_bytes
 from ..warp import warp
 from . import ants_backend, elastix_backend
+from .backend import check_choice
 from .isolation import call_in_child
 from .methods import GREEDY_SCHEDULES, GREEDY_TYPES
 
@@ -145,11 +146,11 @@ def coarse_register(
     engine = nonlinear_type if nonlinear_type in GREEDY_TYPES else None
     if engine:  # the linear stages with the backend, then the greedy engine
         nonlinear_type = None
-        ants_backend._check("accuracy", nonlinear_accuracy, tuple(GREEDY_SCHEDULES))
+        check_choice("accuracy", nonlinear_accuracy, tuple(GREEDY_SCHEDULES))
     if backend == "elastix":
         stages = elastix_kinds(linear_type, nonlinear_type)
-        elastix_backend._check("linear_accuracy", linear_accuracy, elastix_backend.ACCURACIES)
-        elastix_backend._check("nonlinear_accuracy", nonlinear_accuracy,
+        check_choice("linear_accuracy", linear_accuracy, elastix_backend.ACCURACIES)
+        check_choice("nonlinear_accuracy", nonlinear_accuracy,
                                elastix_backend.ACCURACIES)
     elif backend != "ants":
         raise InputError(f"Unknown backend {backend!r}; use ants or elastix.")
@@ -261,13 +262,13 @@ def elastix_kinds(linear_type: str | None, nonlinear_type: str | None) -> list[s
     types ``SyN``, ``SyNOnly`` and ``Elastic`` are refused)."""
     kinds: list[str] = []
     if linear_type:
-        ants_backend._check("linear_type", linear_type, ants_backend.LINEAR_TYPES)
+        check_choice("linear_type", linear_type, ants_backend.LINEAR_TYPES)
         kinds += ELASTIX_LINEAR[linear_type]
     if nonlinear_type:
         if nonlinear_type in ants_backend.NONLINEAR_TYPES:
             raise InputError(f"nonlinear_type {nonlinear_type!r} is an ANTs transform; the "
                              "elastix backend has 'BSpline' (or None), or use backend='ants'.")
-        ants_backend._check("nonlinear_type", nonlinear_type, tuple(ELASTIX_NONLINEAR))
+        check_choice("nonlinear_type", nonlinear_type, tuple(ELASTIX_NONLINEAR))
         kinds.append(ELASTIX_NONLINEAR[nonlinear_type])
     return kinds
 

@@ -48,7 +48,7 @@ from .. import itk_bridge
 from ..errors import InputError
 from ..image import Grid, to_units, units
 from ..transforms import Affine, DisplacementField, Sequence, Transform
-from .ants_backend import _in_memory, _unscale
+from .backend import check_choice, in_memory, unscale
 
 KINDS = ("translation", "rigid", "similarity", "affine", "bspline")
 ACCURACIES = ("low", "medium", "high")
@@ -71,12 +71,6 @@ _DEFAULT_MAP = {"translation": "translation", "rigid": "rigid", "similarity": "r
                 "affine": "affine", "bspline": "bspline"}
 
 
-def _check(name: str, value: Any, allowed: Seq[str]) -> str:
-    if value not in allowed:
-        raise InputError(f"Unknown {name} {value!r}; use one of: {', '.join(allowed)}.")
-    return value
-
-
 @dataclass
 class ElastixResult:
     """A registration's fixed→moving ``transform`` (in the images' own physical space and
@@ -89,7 +83,7 @@ class ElastixResult:
 
 def resolutions(accuracy: str, shape: Seq[int]) -> int:
     """The number of resolutions for ``accuracy`` on an image of ``shape``."""
-    n = ELASTIX_SCHEDULES[_check("accuracy", accuracy, ACCURACIES)]["resolutions"]
+    n = ELASTIX_SCHEDULES[check_choice("accuracy", accuracy, ACCURACIES)]["resolutions"]
     while n > 1 and min(shape) / 2 ** (n - 1) < MIN_LEVEL_VOXELS:
         n -= 1
     return n
@@ -111,9 +105,9 @@ def parameter_maps(kinds: Seq[str], accuracy: str = "medium", *, shape: Seq[int]
     if not kinds:
         raise InputError("run_elastix needs at least one transform kind.")
     for kind in kinds:
-        _check("transform kind", kind, KINDS)
-    _check("metric", metric, METRICS)
-    schedule = ELASTIX_SCHEDULES[_check("accuracy", accuracy, ACCURACIES)]
+        check_choice("transform kind", kind, KINDS)
+    check_choice("metric", metric, METRICS)
+    schedule = ELASTIX_SCHEDULES[check_choice("accuracy", accuracy, ACCURACIES)]
     n = resolutions(accuracy, shape)
     maps = []
     for i, kind in enumerate(kinds):
@@ -151,7 +145,7 @@ def parameter_maps(kinds: Seq[str], accuracy: str = "medium", *, shape: Seq[int]
 
 def _image(image: xr.DataArray, k: float, dtype: Any = np.float32) -> Any:
     grid = Grid.of(image)
-    return itk_bridge.to_itk(_in_memory(image) if dtype == np.float32
+    return itk_bridge.to_itk(in_memory(image) if dtype == np.float32
                              else np.asarray(image.values), grid.spacing, grid.origin,
                              grid.direction, k, dtype)
 
@@ -308,7 +302,7 @@ def run_elastix(
                 direction=sgrid.direction, unit=unit)
             transform = Sequence(transforms=(fld, lin)) if n_linear else Sequence(
                 transforms=(fld,))
-    return ElastixResult(_unscale(transform, k, unit), result)
+    return ElastixResult(unscale(transform, k, unit), result)
 
 
 def _geometry_entries(image: Any) -> dict[str, list[str]]:

@@ -44,6 +44,7 @@ from ..blocks import core_slices
 from ..errors import InputError
 from ..transforms import Transform
 from . import ants_backend, elastix_backend, greedy
+from .backend import check_choice
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ class Greedy:
     releases_gil: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        ants_backend._check("accuracy", self.accuracy, tuple(GREEDY_SCHEDULES))
+        check_choice("accuracy", self.accuracy, tuple(GREEDY_SCHEDULES))
         self.options()
 
     def options(self) -> greedy.GreedyOptions:
@@ -201,8 +202,8 @@ class ElastixBSpline:
     random_seed: int | None = 1
 
     def __post_init__(self) -> None:
-        elastix_backend._check("accuracy", self.accuracy, elastix_backend.ACCURACIES)
-        elastix_backend._check("metric", self.metric, elastix_backend.METRICS)
+        check_choice("accuracy", self.accuracy, elastix_backend.ACCURACIES)
+        check_choice("metric", self.metric, elastix_backend.METRICS)
 
     def __call__(self, fixed: xr.DataArray, moving: xr.DataArray, initial: Transform,
                  info: BlockInfo) -> BlockResult:

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..errors import InputError
 from . import ants_backend
+from .backend import check_choice
 from .methods import GREEDY_TYPES
 
 ACCURACIES = ants_backend.ACCURACIES
@@ -119,9 +120,9 @@ class RegistrationOptions:
 
         interpolation_order(self.interpolator)
         for name in ("linear_accuracy", "coarse_accuracy", "fine_accuracy"):
-            ants_backend._check(name, getattr(self, name), ACCURACIES)
+            check_choice(name, getattr(self, name), ACCURACIES)
         if self.linear_type is not None:
-            ants_backend._check("linear_type", self.linear_type, ants_backend.LINEAR_TYPES)
+            check_choice("linear_type", self.linear_type, ants_backend.LINEAR_TYPES)
         if self.backend not in BACKENDS:
             raise InputError(f"Unknown backend {self.backend!r}; use ants or elastix.")
         deformable = (*GREEDY_TYPES, *ants_backend.NONLINEAR_TYPES)
@@ -131,9 +132,9 @@ class RegistrationOptions:
             elastix_kinds(self.linear_type, None if self.nonlinear_type_coarse in GREEDY_TYPES
                           else self.nonlinear_type_coarse)
         elif self.nonlinear_type_coarse is not None:
-            ants_backend._check("nonlinear_type_coarse", self.nonlinear_type_coarse, deformable)
+            check_choice("nonlinear_type_coarse", self.nonlinear_type_coarse, deformable)
         if self.nonlinear_type_fine is not None:
-            ants_backend._check("nonlinear_type_fine", self.nonlinear_type_fine, deformable)
+            check_choice("nonlinear_type_fine", self.nonlinear_type_fine, deformable)
         if not 0 <= self.overlap_fraction < 1:
             raise InputError(f"overlap_fraction must be in [0, 1); got {self.overlap_fraction}.")
         if self.block_timeout is not None and not float(self.block_timeout) > 0:
