@@ -230,22 +230,26 @@ def select_level(
         raise InputError("Give exactly one of target_spacing, max_voxels, memory_budget.")
     lv = levels(pyramid)
     if target_spacing is not None:
-        target = np.broadcast_to(np.asarray(target_spacing, dtype=np.float64), (3,))
-        best = 0
-        for i, level in enumerate(lv):
-            if np.all(np.asarray(spacing(level)) <= target * (1 + 1e-9)):
-                best = i
-        return best
+        return coarsest_level([spacing(level) for level in lv], target_spacing)
     if memory_budget is not None:
-        budget = (
-            parse_bytes(memory_budget)
-        )
         per = bytes_per_voxel if bytes_per_voxel is not None else lv[0].dtype.itemsize
-        max_voxels = int(budget / per)
-    for i, level in enumerate(lv):
-        if level.size <= max_voxels:  # type: ignore[operator]
-            return i
-    return len(lv) - 1
+        max_voxels = int(parse_bytes(memory_budget) / per)
+    return finest_level([level.size for level in lv], max_voxels)
+
+
+def coarsest_level(spacings: Sequence[Any], target: Any, *, slack: float = 1e-9) -> int:
+    """The one level picker by spacing: the index of the coarsest level (``spacings`` finest
+    first, z, y, x) no coarser than ``target`` on any axis, within the relative ``slack``;
+    0 when even level 0 is coarser."""
+    goal = np.broadcast_to(np.asarray(target, dtype=np.float64), (3,)) * (1 + slack)
+    return max((i for i, sp in enumerate(spacings) if np.all(np.asarray(sp) <= goal)),
+               default=0)
+
+
+def finest_level(sizes: Sequence[int], max_voxels: float) -> int:
+    """The one level picker by size: the index of the finest level (``sizes`` in voxels,
+    finest first) with at most ``max_voxels`` voxels; the coarsest when none has."""
+    return next((i for i, n in enumerate(sizes) if n <= max_voxels), len(sizes) - 1)
 
 
 def level(pyramid: xr.DataTree, index: int) -> xr.DataArray:

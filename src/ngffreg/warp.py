@@ -427,14 +427,15 @@ def choose_moving_level(moving_levels: list[xr.DataArray], output_spacing: Any,
     """The coarsest moving level whose voxels are no larger than ``output_spacing`` (in
     ``unit``, default the moving image's) on any axis, so the output is not under-sampled,
     and why."""
+    from .pyramid import coarsest_level
+
     if len(moving_levels) == 1:
         return 0, "the moving image has one level"
     target = np.asarray(output_spacing, dtype=np.float64)
     unit = unit or units(moving_levels[0])
     spacings = [np.asarray(image_spacing(lv)) * unit_factor(units(lv), unit)
                 for lv in moving_levels]
-    best = max((j for j, sp in enumerate(spacings) if np.all(sp <= target * (1 + 1e-6))),
-               default=0)
+    best = coarsest_level(spacings, target, slack=1e-6)
     return best, (f"moving level {best} (spacing {np.round(spacings[best], 6).tolist()}) is "
                   f"the coarsest no coarser than the output's {np.round(target, 6).tolist()}")
 

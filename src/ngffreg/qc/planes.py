@@ -184,10 +184,9 @@ class ReportPlanes:
 
 def report_level(levels: list[xr.DataArray], max_voxels: int = MAX_VOXELS) -> int:
     """The finest level with at most ``max_voxels`` voxels (else the coarsest)."""
-    for i, lv in enumerate(levels):
-        if int(np.prod(lv.shape)) <= max_voxels:
-            return i
-    return len(levels) - 1
+    from ..pyramid import finest_level
+
+    return finest_level([int(np.prod(lv.shape)) for lv in levels], max_voxels)
 
 
 def _plane_grid(grid: Grid, k: int, index: int) -> Grid:

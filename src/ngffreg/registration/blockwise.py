@@ -43,6 +43,7 @@ from ..qc import block_table as block_table
 from ..qc import jacobian_determinant, ncc
 from ..transforms import Transform, sample_field
 from ..warp import warp
+from .execution import run_on_cluster
 from .isolation import call_method
 from .methods import BlockInfo, BlockMethod, BlockResult
 
@@ -273,20 +274,12 @@ def _running(work: Path, block_id: int) -> dict[str, Any] | None:
         return None
 
 
-def _still_running(client: Any, mark: dict[str, Any]) -> bool:
-    """Whether the worker that started a block (its running mark) is still there (a
-    restarted worker has the same address but a new local directory)."""
-    info = client.scheduler_info(n_workers=-1)["workers"].get(mark.get("worker"))
-    return info is not None and info.get("local_directory") == mark.get("worker_id")
-
-
 def _flag(work: Path, block: Block, message: str) -> dict[str, Any]:
     """Write a failed record (zero residual) for a block the client gave up on."""
     record = {**_block_record(block), "status": "failed", "message": message,
               "seconds": None}
     _write_block(work, block, np.zeros((3, *block.shape), dtype=np.float32), record)
-    with contextlib.suppress(OSError):
-        _running_path(work, block.id).unlink()
+    _unmark(work, block)
     return record
 
 
@@ -339,7 +332,11 @@ def run_blocks(
             client = client.for_blocks(len(todo))
         if client is not None:
             check_picklable(method)
-            _run_on_client(client, todo, args, work, block_timeout, report)
+            run_on_cluster(
+                client, register_block, todo, args, key=lambda b: f"ngffreg-block-{b.id}",
+                timeout=block_timeout, progress=report, flag=lambda b, m: _flag(work, b, m),
+                started=lambda b: _running(work, b.id), forget=lambda b: _unmark(work, b),
+                needs=f"ngffreg installed, and to see the inputs and {work}")
         else:
             for b in todo:
                 rec = register_block(b, *args)
@@ -354,66 +351,6 @@ def run_blocks(
     return records
 
 
-def _run_on_client(client: Any, todo: list[Block], args: tuple[Any, ...], work: Path,
-                   block_timeout: float | None, progress: Any) -> None:
-    by_key = {}
-    pending = []
-    for b in todo:
-        fut = client.submit(register_block, b, *args, key=f"ngffreg-block-{b.id}-"
-                            f"{uuid.uuid4().hex[:6]}", pure=False, retries=0)
-        by_key[fut.key] = b
-        pending.append(fut)
-    try:
-        _collect(client, pending, by_key, work, block_timeout, progress)
-    finally:  # stopped early (an error, Ctrl-C): nothing keeps running for this call
-        for fut in pending:
-            fut.cancel()
-
-
-def _collect(client: Any, pending: list[Any], by_key: dict[str, Block], work: Path,
-             block_timeout: float | None, progress: Any) -> None:
-    from distributed.scheduler import KilledWorker
-
-    from .execution import ClusterError
-
-    while pending:
-        batch = [f for f in pending if f.done()]
-        if not batch:
-            time.sleep(0.25)
-        for fut in batch:
-            pending.remove(fut)
-            block = by_key[fut.key]
-            try:
-                rec = fut.result()
-            except KilledWorker as exc:
-                rec = _flag(work, block, "the worker process died every time it ran this "
-                            f"block (out of memory? {exc})")
-            except OSError:  # e.g. the disk is full: the caller says so
-                raise
-            except Exception as exc:
-                raise ClusterError(
-                    f"A block task failed on the dask cluster ({type(exc).__name__}: {exc}). "
-                    "The workers need ngffreg installed and must see the inputs and "
-                    f"{work}.") from exc
-            if progress:
-                progress(rec)
-        if block_timeout:
-            now = time.time()
-            for fut in list(pending):
-                block = by_key[fut.key]
-                mark = _running(work, block.id)
-                if fut.done() or mark is None or now - mark["start"] <= block_timeout:
-                    continue
-                if not _still_running(client, mark):  # its worker died: dask retries it
-                    with contextlib.suppress(OSError):
-                        _running_path(work, block.id).unlink()
-                    continue
-                pending.remove(fut)
-                fut.cancel()
-                rec = _flag(work, block, f"timed out: still running after {block_timeout:g} s "
-                            "(block_timeout); its worker was restarted")
-                if mark.get("worker"):
-                    with contextlib.suppress(Exception):
-                        client.restart_workers([mark["worker"]], timeout=60)
-                if progress:
-                    progress(rec)
+def _unmark(work: Path, block: Block) -> None:
+    with contextlib.suppress(OSError):
+        _running_path(work, block.id).unlink()

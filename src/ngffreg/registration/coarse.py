@@ -26,6 +26,7 @@ import xarray as xr
 
 from ..errors import InputError
 from ..image import Grid, load, spacing, to_units, units
+from ..pyramid import coarsest_level, finest_level
 from ..pyramid import image_levels as image_levels
 from ..qc import ncc, otsu_threshold
 from ..transforms import Identity, Transform
@@ -56,23 +57,15 @@ def pick_level(levels: Seq[xr.DataArray], *, downsample_factor: float | None = N
                              "levels.")
         return int(level)
     if memory_budget is not None:
-        budget = parse_bytes(memory_budget)
-        for i, lv in enumerate(levels):
-            if lv.size * BYTES_PER_VOXEL <= float(budget):
-                return i
-        return len(levels) - 1
+        return finest_level([lv.size for lv in levels],
+                            float(parse_bytes(memory_budget)) / BYTES_PER_VOXEL)
     if target_spacing is None:
         factor = 4.0 if downsample_factor is None else float(downsample_factor)
         if factor < 1:
             raise InputError(f"downsample_factor must be ≥ 1; got {downsample_factor}.")
         target_spacing = np.asarray(spacing(levels[0])) * factor
-    target = np.broadcast_to(np.asarray(target_spacing, dtype=np.float64), (3,))
-    best = 0
-    for i, lv in enumerate(levels):
-        # a level may be a little coarser than asked on an axis (anisotropic pyramids)
-        if np.all(np.asarray(spacing(lv)) <= target * 1.5):
-            best = i
-    return best
+    # a level may be a little coarser than asked on an axis (anisotropic pyramids)
+    return coarsest_level([spacing(lv) for lv in levels], target_spacing, slack=0.5)
 
 
 def matching_level(levels: Seq[xr.DataArray], like: xr.DataArray) -> int:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -212,3 +214,87 @@ def _announce(client: Any, log: Any) -> None:
 
 __all__ = ["ClusterError", "OnDemandCluster", "Resources", "block_client", "connect",
            "plan_resources"]
+
+
+def run_on_cluster(client: Any, task: Any, items: list[Any], args: tuple[Any, ...], *,
+                   key: Any, timeout: float | None, progress: Any, flag: Any, started: Any,
+                   forget: Any, needs: str) -> None:
+    """Run ``task(item, *args)`` for every item on ``client``'s workers and report each
+    result to ``progress``; nothing keeps running for this call when it stops early.
+
+    A worker that dies mid-task has its task retried elsewhere (dask's
+    ``allowed-failures``); an item whose worker died every time is given up:
+    ``flag(item, message)`` makes its result. With ``timeout``, an item whose ``started``
+    mark (``{"start", "worker", "worker_id"}``, written by the task) is older than
+    ``timeout`` seconds on a worker still alive is cancelled, flagged, and its worker
+    restarted (``forget(item)`` drops the mark of an item whose worker died: dask retries
+    it). Any other task error is a :class:`ClusterError` saying the workers need ``needs``.
+    """
+    by_key, pending = {}, []
+    for item in items:
+        fut = client.submit(task, item, *args, key=f"{key(item)}-{uuid.uuid4().hex[:6]}",
+                            pure=False, retries=0)
+        by_key[fut.key] = item
+        pending.append(fut)
+    try:
+        while pending:
+            _collect_done(pending, by_key, progress, flag, needs)
+            if timeout:
+                _stop_overdue(client, pending, by_key, timeout, progress, flag, started,
+                              forget)
+    finally:  # stopped early (an error, Ctrl-C)
+        for fut in pending:
+            fut.cancel()
+
+
+def _collect_done(pending: list[Any], by_key: dict[str, Any], progress: Any, flag: Any,
+                  needs: str) -> None:
+    from distributed.scheduler import KilledWorker
+
+    batch = [f for f in pending if f.done()]
+    if not batch:
+        time.sleep(0.25)
+    for fut in batch:
+        pending.remove(fut)
+        try:
+            result = fut.result()
+        except KilledWorker as exc:
+            result = flag(by_key[fut.key], "the worker process died every time it ran this "
+                          f"block (out of memory? {exc})")
+        except OSError:  # e.g. the disk is full: the caller says so
+            raise
+        except Exception as exc:
+            raise ClusterError(
+                f"A block task failed on the dask cluster ({type(exc).__name__}: {exc}). "
+                f"The workers need {needs}.") from exc
+        if progress:
+            progress(result)
+
+
+def _stop_overdue(client: Any, pending: list[Any], by_key: dict[str, Any], timeout: float,
+                  progress: Any, flag: Any, started: Any, forget: Any) -> None:
+    now = time.time()
+    for fut in list(pending):
+        item = by_key[fut.key]
+        mark = started(item)
+        if fut.done() or mark is None or now - mark["start"] <= timeout:
+            continue
+        if not _worker_alive(client, mark):  # its worker died: dask retries the task
+            forget(item)
+            continue
+        pending.remove(fut)
+        fut.cancel()
+        result = flag(item, f"timed out: still running after {timeout:g} s "
+                            "(block_timeout); its worker was restarted")
+        if mark.get("worker"):
+            with contextlib.suppress(Exception):
+                client.restart_workers([mark["worker"]], timeout=60)
+        if progress:
+            progress(result)
+
+
+def _worker_alive(client: Any, mark: dict[str, Any]) -> bool:
+    """Whether the worker that started a task (its mark) is still there (a restarted worker
+    has the same address but a new local directory)."""
+    info = client.scheduler_info(n_workers=-1)["workers"].get(mark.get("worker"))
+    return info is not None and info.get("local_directory") == mark.get("worker_id")
