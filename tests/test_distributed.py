@@ -377,3 +377,21 @@ def test_a_full_disk_is_a_clear_error_and_keeps_finished_blocks(data_dir, tmp_pa
         assert all(after[k] == v for k, v in kept.items())  # nothing finished was lost
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_the_dashboard_link_a_run_prints_answers():
+    """The dask dashboard (bokeh, a pinned dependency) serves the page whose link the run
+    prints."""
+    import re
+    import urllib.request
+
+    from ngffreg.registration.execution import block_client
+
+    said = []
+    with block_client(2, log=said.append) as cluster:
+        cluster.for_blocks(2)
+        link = re.search(r"dashboard (http\S+)", " ".join(said))
+        assert link, said
+        with urllib.request.urlopen(link.group(1), timeout=30) as page:
+            assert page.status == 200
+            assert b"Dask" in page.read()
