@@ -246,3 +246,30 @@ def test_random_deformation_has_the_asked_amplitudes_and_is_reproducible():
     # invertible: the fixed-point inverse brings points back
     back, residual = both.apply_inverse(both.apply(pts[::97]), return_residual=True)
     assert np.abs(back - pts[::97]).max() < 1e-3 and residual.max() < 1e-3
+
+
+def test_blend_touches_only_the_blocks_that_reach_a_chunk(tmp_path, monkeypatch):
+    """Each chunk of the blend reads (and weighs) only the blocks whose grown region
+    overlaps it: counted per chunk against the overlaps worked out by hand."""
+    import dask
+
+    from ngffreg.registration import reduce
+
+    grid = _grid((30, 34, 38), (1.0, 1.0, 1.0), (0, 0, 0))
+    plan = plan_blocks(grid, 12, 0.25)
+    records = _records_from(plan, tmp_path, lambda p: np.zeros((len(p), 3)))
+    reads = []
+    real = reduce.read_field
+    monkeypatch.setattr(reduce, "read_field", lambda work, i: reads.append(i) or real(work, i))
+    field = blend(plan, records, tmp_path, chunks=16)
+    data = field.field.data
+    with dask.config.set(scheduler="synchronous"):
+        for index in np.ndindex(*data.numblocks[1:]):
+            reads.clear()
+            data.blocks[(0, *index)].compute()
+            box = [(k * 16, min((k + 1) * 16, n)) for k, n in zip(index, grid.shape, strict=True)]
+            reach = {b.id for b in plan.blocks
+                     if all(r0 < hi and r1 > lo for (r0, r1), (lo, hi)
+                            in zip(b.region, box, strict=True))}
+            assert reads and set(reads) <= reach and len(reads) == len(set(reads))
+            assert len(reach) < len(plan.blocks)  # a chunk is not reached by every block

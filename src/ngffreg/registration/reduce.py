@@ -56,6 +56,16 @@ def axis_weight(index: np.ndarray, core: tuple[int, int], n: int, width: float) 
     return w
 
 
+def overlapping(regions: np.ndarray, loc: Any) -> np.ndarray:
+    """Indices of the blocks whose grown ``regions`` (n, 3, 2: start, stop per axis) overlap
+    the box ``loc`` (((start, stop),) * 3), found at once: a chunk of the blend touches only
+    the blocks that reach it, however many blocks there are."""
+    lo = np.array([a for a, _ in loc])
+    hi = np.array([b for _, b in loc])
+    hit = np.all((regions[:, :, 0] < hi) & (regions[:, :, 1] > lo), axis=1)
+    return np.flatnonzero(hit)
+
+
 def fill_vectors(plan: BlockPlan, records: list[dict[str, Any]]) -> dict[int, np.ndarray]:
     """For every block not used as computed, the constant displacement it contributes."""
     by_id = {r["id"]: r for r in records}
@@ -90,13 +100,15 @@ def blend(
     shape = plan.grid.shape
     blocks = plan.blocks
     work = Path(work)
+    regions = np.array([b.region for b in blocks], dtype=np.int64).reshape(-1, 3, 2)
 
     def block_fn(block_info=None) -> np.ndarray:
         loc = block_info[None]["array-location"][1:]
         out_shape = tuple(b - a for a, b in loc)
         total = np.zeros((3, *out_shape), dtype=np.float64)
         weight = np.zeros(out_shape, dtype=np.float64)
-        for b in blocks:
+        for i in overlapping(regions, loc):
+            b = blocks[i]
             lo = [max(a, r0) for (a, _), (r0, _) in zip(loc, b.region, strict=True)]
             hi = [min(e, r1) for (_, e), (_, r1) in zip(loc, b.region, strict=True)]
             if any(h <= low for low, h in zip(lo, hi, strict=True)):
