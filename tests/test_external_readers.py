@@ -56,6 +56,9 @@ NO_BIJECTION_ERROR = "UnsupportedTransformation: Unsupported transform type: typ
 #: coordinate transformation (its origin) is ignored.
 FIELD_ORIGIN = ("ome-zarr-py 0.21.0 ignores the translation (origin) of a displacement "
                 "field's coordinate transformation: ome/ome-zarr-py PR #662")
+#: dask-image's ``map_coordinates`` on coordinates below zero (what the ignored origin gives
+#: for a field whose origin is negative).
+NEGATIVE_INDEX_ERROR = "'list' argument must have no negative elements"
 #: ome-zarr-py 0.21.0 ``OMEZarrMultiscale.from_ome_zarr`` keeps only the scale of each
 #: dataset's transformation (``transformations[0].scale``), and napari-ome-zarr 0.11.0 sets a
 #: layer's ``scale`` from it and no ``translate``: an image whose voxel (0, 0, 0) is not at
@@ -350,5 +353,10 @@ def test_ome_zarr_transform_converter_maps_points_like_ngffreg(scene_seen, demo_
     direct = seen["direct"]
     if not direct["ok"] and direct["error"].startswith(NO_BIJECTION_ERROR):
         pytest.xfail(NO_BIJECTION)
+    if not direct["ok"] and NEGATIVE_INDEX_ERROR in direct["error"]:
+        # a field whose origin is not at zero (mni's is negative): without the origin the
+        # points land at negative field indices, which dask-image refuses
+        pytest.xfail(f"{FIELD_ORIGIN}; the points then fall at negative field indices, "
+                     "which dask-image's map_coordinates refuses")
     assert direct["ok"], f"{direct['stage']}: {direct['error']}"
     _compare_with_ngffreg(direct, demo_store, points)
