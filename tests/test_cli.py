@@ -172,3 +172,18 @@ def test_console_script_exit_status(tmp_path):
     store = out / "registered.ome.zarr"
     assert ngffreg.open_image(store).shape == ngffreg.open_image(out / "fixed.ome.zarr").shape
     assert (store / "qc" / "overlay.png").is_file() and (store / "qc" / "blocks.csv").is_file()
+
+
+def test_block_progress_gives_a_rate_and_the_time_left():
+    import io
+
+    from ngffreg.cli import BlockProgress
+
+    out = io.StringIO()
+    progress = BlockProgress(stream=out, every=0.0)
+    progress.start -= 100.0
+    progress({"id": 0, "status": "ok", "of": 10})
+    progress.first -= 60.0  # the next block finished a minute after the first
+    progress({"id": 1, "status": "ok", "of": 10})
+    last = out.getvalue().strip().splitlines()[-1]
+    assert "2/10" in last and "1.0 blocks/min" in last and "about 8 min left" in last, last

@@ -358,34 +358,52 @@ def register_options(args: argparse.Namespace) -> dict:
 
 
 class BlockProgress:
-    """A progress bar over blocks on stderr (redrawn in place on a terminal, a line per
-    block otherwise); flagged blocks are named as they finish."""
+    """A progress bar over blocks on stderr: blocks done / total, the rate and an estimate
+    of the time left (from the blocks finished since the first, so start-up is not counted
+    as block time); redrawn in place on a terminal, else a line every ``every`` seconds and
+    at the end. Flagged blocks are named as they finish."""
 
-    def __init__(self, stream=None) -> None:
+    def __init__(self, stream=None, every: float = 10.0) -> None:
         self.stream = stream or sys.stderr
         self.done = 0
         self.flagged = 0
         self.start = time.perf_counter()
+        self.first: float | None = None
+        self.every = every
+        self.shown = -every
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
 
     def __call__(self, rec: dict) -> None:
+        now = time.perf_counter()
         self.done += 1
+        self.first = self.first or now
         total = rec.get("of")
         status = rec.get("status")
         if status in ("failed", "rejected"):
             self.flagged += 1
             self._line(f"block {rec['id']} {status}: {rec.get('message', '')}")
-        bar = ""
-        if total:
-            filled = int(30 * self.done / total)
-            bar = f"[{'#' * filled}{' ' * (30 - filled)}] {self.done}/{total} "
-        text = (f"blocks {bar or f'{self.done} '}"
-                f"{time.perf_counter() - self.start:.0f} s"
-                + (f", {self.flagged} flagged" if self.flagged else ""))
+        if not self.tty and total != self.done and now - self.shown < self.every:
+            return
+        self.shown = now
+        text = self.text(total, now)
         if self.tty:
             print("\r" + text, end="", file=self.stream, flush=True)
         else:
             print(text, file=self.stream, flush=True)
+
+    def text(self, total: int | None, now: float) -> str:
+        """The progress line: bar, count, elapsed, rate and time left."""
+        bar = ""
+        if total:
+            filled = int(30 * self.done / total)
+            bar = f"[{'#' * filled}{' ' * (30 - filled)}] {self.done}/{total} "
+        text = f"blocks {bar or f'{self.done} '}{now - self.start:.0f} s"
+        if self.first is not None and self.done > 1 and now > self.first:
+            rate = (self.done - 1) / (now - self.first)
+            text += f", {rate * 60:.1f} blocks/min"
+            if total and total > self.done:
+                text += f", about {_duration((total - self.done) / rate)} left"
+        return text + (f", {self.flagged} flagged" if self.flagged else "")
 
     def _line(self, text: str) -> None:
         print(("\r" if self.tty else "") + text, file=self.stream, flush=True)
@@ -393,6 +411,14 @@ class BlockProgress:
     def close(self) -> None:
         if self.tty and self.done:
             print(file=self.stream, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    """``seconds`` as people read a wait: 45 s, 12 min, 2 h 05 min."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 120 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 def _register(args: argparse.Namespace) -> int:
