@@ -27,10 +27,9 @@ from .registration.register import (
     blend_pass,
     register,
     run_pass,
-    steps_of,
 )
 from .registration.resolve import resolve
-from .transforms import Sequence, Transform
+from .transforms import Sequence, Transform, steps_of
 
 
 class ChunkedRegistration:

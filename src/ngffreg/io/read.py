@@ -89,6 +89,22 @@ def ome_version(path: Path) -> str | None:
     return None
 
 
+def _inside_store(ref: str) -> bool:
+    return bool(ref) and not ref.startswith("/") and ".." not in ref.split("/")
+
+
+def scene_paths(scene: dict[str, Any]) -> list[str]:
+    """The groups a scene's transformations name by ``path`` (``input``/``output``), in
+    order, each once; paths that leave the store are left out."""
+    found: list[str] = []
+    for ct in scene.get("coordinateTransformations") or []:
+        for end in (ct.get("input"), ct.get("output")) if isinstance(ct, dict) else ():
+            ref = end.get("path") if isinstance(end, dict) else None
+            if isinstance(ref, str) and _inside_store(ref) and ref.strip("/") not in found:
+                found.append(ref.strip("/"))
+    return found
+
+
 def scene_image(path: Path) -> Path:
     """The image group an OME-Zarr store opens as: the store itself when it is an image;
     for an OME-Zarr 0.6 scene, the image it names in its ``ngffreg`` attributes, else the
@@ -102,14 +118,9 @@ def scene_image(path: Path) -> Path:
             ome.get("scene"), dict):
         return path
     named = (attrs.get("ngffreg") or {}).get("image")
-    found = [named] if isinstance(named, str) else []
-    for ct in ome["scene"].get("coordinateTransformations") or []:
-        for end in (ct.get("input"), ct.get("output")) if isinstance(ct, dict) else ():
-            ref = end.get("path") if isinstance(end, dict) else None
-            if isinstance(ref, str) and ref and ref not in found:
-                found.append(ref)
-    images = [p for p in found if ".." not in p.split("/") and not p.startswith("/")
-              and ome_version(path / p)]
+    found = list(dict.fromkeys(([named] if isinstance(named, str) else [])
+                               + scene_paths(ome["scene"])))
+    images = [p for p in found if _inside_store(p) and ome_version(path / p)]
     if len(images) == 1 or (images and images[0] == named):
         return path / images[0]
     raise InputError(

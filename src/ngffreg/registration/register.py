@@ -39,8 +39,7 @@ from ..blocks import BlockPlan, plan_blocks
 from ..errors import OutputError
 from ..image import Grid, spacing, to_units, units
 from ..qc import field_report
-from ..transforms import DisplacementField, Sequence, Transform, sample_field
-from ..transforms import steps_of as _steps_of
+from ..transforms import DisplacementField, Sequence, Transform, sample_field, steps_of
 from ..warp import choose_moving_level
 from .blockwise import block_table, run_blocks
 from .coarse import CoarseResult, coarse_register, image_levels
@@ -129,8 +128,8 @@ def register(
     t_start = time.perf_counter()
     opts = (options or RegistrationOptions()).replace(**option_values)
     fixed_levels = image_levels(fixed, voxel_size=fixed_voxel_size, unit=unit, name="fixed")
-    moving_levels = [lv if units(lv) == units(fixed_levels[0]) else
-                     to_units(lv, units(fixed_levels[0])) for lv in
+    fixed_unit = units(fixed_levels[0])
+    moving_levels = [lv if units(lv) == fixed_unit else to_units(lv, fixed_unit) for lv in
                      image_levels(moving, voxel_size=moving_voxel_size, unit=unit,
                                   name="moving")]
     plan = resolve(opts, fixed_levels, client=client)
@@ -167,7 +166,7 @@ def register(
             timings["total_s"] = time.perf_counter() - t_start
             return dataclasses.replace(result, keepalive=store.keepalive)
         return _write_output(result, store, fixed_levels, moving_levels, opts, progress,
-                             t_start, passes.n_fine)
+                             t_start)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) and output is not None:
             raise OutputError(
@@ -216,17 +215,17 @@ def block_passes(fixed_levels: list[xr.DataArray], moving_levels: list[xr.DataAr
                       log=log or (lambda message: None)) as cluster:
         for k, (level, size) in enumerate(plan.passes):
             t0 = time.perf_counter()
+            pass_work = work if one else work / f"pass{k}"
             block_plan, pass_records = run_pass(
                 fixed_levels, moving_levels, level, size, opts.overlap_fraction, foreground,
-                Sequence(transforms=(*fields[::-1], *steps)), plan.method,
-                work if one else work / f"pass{k}", min_foreground=opts.min_foreground,
-                client=cluster, block_timeout=opts.block_timeout, progress=progress)
+                Sequence(transforms=(*fields[::-1], *steps)), plan.method, pass_work,
+                min_foreground=opts.min_foreground, client=cluster,
+                block_timeout=opts.block_timeout, progress=progress)
             for r in pass_records:
                 r["pass"] = k
             timings[f"blocks_s{'' if one else k}"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            field_k, fine_report = blend_pass(block_plan, pass_records,
-                                              work if one else work / f"pass{k}",
+            field_k, fine_report = blend_pass(block_plan, pass_records, pass_work,
                                               opts.blend_sigma, "fine" if one else f"fine{k}")
             timings[f"blend_s{'' if one else k}"] = time.perf_counter() - t0
             if not one:
@@ -239,7 +238,7 @@ def block_passes(fixed_levels: list[xr.DataArray], moving_levels: list[xr.DataAr
 
 def _write_output(result: RegistrationResult, store: RunStore, fixed_levels: list[xr.DataArray],
                   moving_levels: list[xr.DataArray], opts: RegistrationOptions, progress: Any,
-                  t_start: float, n_fine: int) -> RegistrationResult:
+                  t_start: float) -> RegistrationResult:
     """Warp, write the store with its extras, publish it, and return the result reading its
     fields from the published store (not the work folder, which is removed)."""
     from ..transforms.ngff import read_registration
@@ -255,6 +254,7 @@ def _write_output(result: RegistrationResult, store: RunStore, fixed_levels: lis
     output = store.publish(staged)
     stored = read_registration(output)
     stored_steps = steps_of(getattr(stored, "forward", stored))
+    n_fine = result.n_fine if result.fine is not None else 0  # the passes' fields
     fine = None
     if result.fine is not None:  # the finest pass's field comes first in the sequence
         fine = stored_steps[0] if len(stored_steps) > 1 else None
@@ -273,12 +273,6 @@ def _logger(progress: Any) -> Any:
     if not progress:
         return lambda message: None
     return lambda message: print(message, file=sys.stderr, flush=True)
-
-
-def steps_of(transform: Transform) -> tuple[Transform, ...]:
-    """The steps of a :class:`Sequence`, or the transform alone
-    (:func:`ngffreg.transforms.steps_of`)."""
-    return _steps_of(transform)
 
 
 def run_pass(fixed_levels: list[xr.DataArray], moving_levels: list[xr.DataArray],
@@ -419,4 +413,5 @@ def export_ants_transforms(result: RegistrationResult, folder: Path) -> list[str
     return [str(folder / n) for n in out]
 
 
-__all__ = ["RegistrationResult", "default_workers", "export_ants_transforms", "register"]
+__all__ = ["RegistrationResult", "default_workers", "export_ants_transforms", "register",
+           "steps_of"]

@@ -43,6 +43,7 @@ from .ngff.store import (
     declared_systems,
     existing_store,
     read_json,
+    referenced_images,
     referenced_systems,
     system_name,
     transform_holder,
@@ -68,13 +69,10 @@ class _Edge:
 
 def _graph(store: Path) -> tuple[dict[str, list[dict]], list[_Edge]]:
     root = transform_holder(read_json(store / "zarr.json"), store)
-    systems = {**declared_systems(root), **referenced_systems(store, root)}
+    images = referenced_images(store, root)
+    systems = {**declared_systems(root), **referenced_systems(store, root, images)}
     entries = list(root.get("coordinateTransformations") or [])
-    for key in {k.split(":", 1)[0] for k in systems if ":" in k}:
-        try:
-            image = transform_holder(read_json(store / key / "zarr.json"), store / key)
-        except Exception:
-            continue
+    for key, image in images.items():
         for entry in image.get("coordinateTransformations") or []:
             entry = dict(entry)
             for side in ("input", "output"):

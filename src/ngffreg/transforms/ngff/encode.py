@@ -17,7 +17,7 @@ import numpy as np
 import xarray as xr
 
 from ...errors import OutputError, TransformError
-from ...image import SPATIAL_DIMS
+from ...image import SPATIAL_DIMS, physical_bbox
 from ...image import direction as image_direction
 from ...io.write import strip_none
 from ...units import normalize_unit
@@ -131,11 +131,7 @@ def axis_aligned(field: DisplacementField) -> DisplacementField:
     the displacement is zero where the oblique grid does not reach (ngffreg's "outside"
     rule), so the map is the same there."""
     grid = field.grid
-    corners = np.array(np.meshgrid(*[[0, n - 1] for n in grid.shape], indexing="ij"))
-    corners = grid.points(tuple(slice(0, n) for n in grid.shape)) if min(grid.shape) < 2 \
-        else (grid.direction @ (grid.frame_origin[:, None] + grid.spacing[:, None]
-                                * corners.reshape(3, -1))).T
-    lo, hi = corners.min(axis=0), corners.max(axis=0)
+    lo, hi = physical_bbox(field.field)
     spacing = grid.spacing[np.argmax(np.abs(grid.direction), axis=1)]
     shape = np.ceil((hi - lo) / spacing - 1e-9).astype(int) + 1  # covers every corner
     chunks = field.field.data.chunksize[1:] if field.field.chunks is not None else 64

@@ -40,6 +40,7 @@ __all__ = [
     "field_in_unit",
     "image_multiscales",
     "read_json",
+    "referenced_images",
     "referenced_systems",
     "spatial_unit",
     "system_name",
@@ -132,22 +133,28 @@ def declared_systems(ms: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
             if isinstance(cs, dict) and "name" in cs}
 
 
-def referenced_systems(store: Path, holder: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """The systems of the groups a scene's transforms reference by ``path``, keyed
-    ``"path:name"``."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for ct in holder.get("coordinateTransformations") or []:
-        for end in (ct.get("input"), ct.get("output")) if isinstance(ct, dict) else ():
-            where = end.get("path") if isinstance(end, dict) else None
-            if not isinstance(where, str) or not where or where.startswith("/") or (
-                    ".." in where.split("/")):
-                continue
-            try:
-                ms = image_multiscales(read_json(store / where / "zarr.json"), store / where)
-            except InputError:
-                continue
-            out.update({f"{where.strip('/')}:{k}": v for k, v in declared_systems(ms).items()})
+def referenced_images(store: Path, holder: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The multiscales of the image groups a scene's transforms reference by ``path``,
+    by path (groups that are not images are left out)."""
+    from ...io.read import scene_paths
+
+    out: dict[str, dict[str, Any]] = {}
+    for where in scene_paths(holder):
+        try:
+            out[where] = image_multiscales(read_json(store / where / "zarr.json"), store / where)
+        except InputError:
+            continue
     return out
+
+
+def referenced_systems(store: Path, holder: dict[str, Any],
+                       images: dict[str, dict[str, Any]] | None = None,
+                       ) -> dict[str, list[dict[str, Any]]]:
+    """The systems of the image groups a scene's transforms reference by ``path`` (read
+    here unless ``images``, from :func:`referenced_images`, is given), keyed ``"path:name"``."""
+    images = referenced_images(store, holder) if images is None else images
+    return {f"{where}:{k}": v for where, ms in images.items()
+            for k, v in declared_systems(ms).items()}
 
 
 def spatial_unit(axes: list[dict[str, Any]], what: str) -> str | None:
