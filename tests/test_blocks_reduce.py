@@ -273,3 +273,76 @@ def test_blend_touches_only_the_blocks_that_reach_a_chunk(tmp_path, monkeypatch)
                             in zip(b.region, box, strict=True))}
             assert reads and set(reads) <= reach and len(reads) == len(set(reads))
             assert len(reach) < len(plan.blocks)  # a chunk is not reached by every block
+
+
+def test_a_coarser_blend_holds_the_blends_own_values_on_its_lattice(tmp_path):
+    grid = _grid((31, 34, 37), (2.0, 1.0, 0.5), (5.0, -3.0, 7.0))
+    plan = plan_blocks(grid, 12, 0.25)
+    rng = np.random.default_rng(1)
+    offsets = {b.id: rng.normal(0, 1, 3) for b in plan.blocks}
+    records = []
+    for b in plan.blocks:  # a different field per block: the seams are not smooth
+        records += _records_from(BlockPlan(plan.grid, 0, plan.size, plan.overlap, plan.edges,
+                                           (b,)), tmp_path,
+                                 lambda p, o=offsets[b.id]: o + 0.05 * p)
+    full = np.asarray(blend(plan, records, tmp_path, chunks=16).field.values)
+    coarse_field = blend(plan, records, tmp_path, chunks=8, factor=2)
+    coarse = np.asarray(coarse_field.field.values)
+    assert coarse.shape == (3, 16, 18, 19)  # 31 → 0..30 (16); 34 → 0..34 (18, one past)
+    g = coarse_field.grid
+    assert np.allclose(g.spacing, grid.spacing * 2) and np.allclose(g.origin, grid.origin)
+    # inside: exactly the full-resolution blend at every other voxel
+    assert np.abs(coarse[:, :, :17, :] - full[:, ::2, ::2, ::2]).max() < 1e-5
+    # the point one voxel past y's last continues the last two voxels' slope
+    want = 2 * full[:, ::2, 33, ::2] - full[:, ::2, 32, ::2]
+    assert np.abs(coarse[:, :, 17, :] - want).max() < 1e-5
+
+
+def _smooth(p):
+    return np.stack([3 * np.sin(p[:, 0] / 40 + 0.3), 2.5 * np.cos(p[:, 1] / 30),
+                     2 * np.sin(p[:, 2] / 35) * np.cos(p[:, 0] / 50)], axis=1)
+
+
+def test_the_storage_rule_coarsens_a_smooth_field_and_keeps_a_rough_one(tmp_path):
+    from ngffreg.registration.reduce import FIELD_TOLERANCE, choose_factor
+
+    grid = _grid((40, 44, 48), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    plan = plan_blocks(grid, 16, 0.25)
+    factor, report = choose_factor(plan, _records_from(plan, tmp_path / "s", _smooth),
+                                   tmp_path / "s")
+    assert factor == 4 and report["boxes"] == 8  # of the 18 blocks, spread
+    assert report["error_voxel"]["4"]["p99"] <= FIELD_TOLERANCE
+
+    rng = np.random.default_rng(0)
+    rough = _records_from(plan, tmp_path / "r", lambda p: rng.normal(0, 0.5, p.shape))
+    factor, report = choose_factor(plan, rough, tmp_path / "r")
+    assert factor == 1 and report["error_voxel"]["2"]["p99"] > FIELD_TOLERANCE
+    # nothing registered: nothing to measure, the blocks' grid
+    skipped = [dict(r, status="skipped") for r in rough]
+    assert choose_factor(plan, skipped, tmp_path / "r")[0] == 1
+
+
+def test_warp_through_the_stored_coarser_field_equals_the_full_one(tmp_path):
+    """The issue's check: where the rule stores the fine field coarser, the warp through it
+    is the warp through the full-resolution blend within 0.01 voxel."""
+    from ngffreg.registration.register import blend_pass
+    from ngffreg.warp import warp
+
+    grid = _grid((40, 44, 48), (2.0, 1.0, 0.8), (5.0, -3.0, 7.0))
+    plan = plan_blocks(grid, 16, 0.25)
+    records = _records_from(plan, tmp_path, _smooth)
+    full = blend(plan, records, tmp_path, chunks=16)
+    stored, report = blend_pass(plan, records, tmp_path)  # factor "auto"
+    assert report["storage"]["factor"] >= 2
+    assert stored.shape[0] < grid.shape[0] and (tmp_path / "fine").is_dir()
+    points = grid.points()
+    moved_full, moved_stored = full.apply(points), stored.apply(points)
+    gap = np.abs(moved_full - moved_stored) / grid.spacing  # voxels, per axis
+    assert gap.max() < 0.01
+    # an image warped through each: the same to within what 0.01 voxel moves it
+    z, y, x = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in grid.shape],
+                          indexing="ij")
+    image = grid.image(np.sin(z / 4) * np.cos(y / 5) * np.sin(x / 6) * 100 + 200)
+    a = np.asarray(warp(image, full, like=image).values)
+    b = np.asarray(warp(image, stored, like=image).values)
+    assert np.abs(a - b).max() < 100 * 0.01 * 0.5  # |grad| ≤ 100/4 per voxel, 0.01 voxel

@@ -69,6 +69,12 @@ class RegistrationOptions:
     interpolator, blend_sigma
         Interpolation of the registered image; half-width (voxels) of the blend across block
         faces (default: half the overlap).
+    field_factor
+        How much coarser than the blocks' grid the blended fine field is stored and used:
+        ``"auto"`` (default) takes the largest of 2 and 4 for which linear interpolation
+        reproduces the blend within 0.1 voxel at the 99th percentile, measured where block
+        cores meet (:func:`~ngffreg.registration.reduce.choose_factor`), else 1; or a
+        whole number (1: the blocks' grid itself).
     min_foreground
         Blocks with a smaller fraction of foreground voxels are skipped.
     workers, scheduler_address
@@ -108,6 +114,7 @@ class RegistrationOptions:
     interpolator: str = "linear"
     backend: str = "ants"
     blend_sigma: float | None = None
+    field_factor: Any = "auto"
     min_foreground: float = 0.02
     workers: int | None = None
     memory_budget: Any = None
@@ -137,6 +144,10 @@ class RegistrationOptions:
             check_choice("nonlinear_type_fine", self.nonlinear_type_fine, deformable)
         if not 0 <= self.overlap_fraction < 1:
             raise InputError(f"overlap_fraction must be in [0, 1); got {self.overlap_fraction}.")
+        if not (self.field_factor == "auto" or (isinstance(self.field_factor, int)
+                                                and self.field_factor >= 1)):
+            raise InputError(f"field_factor must be auto or a whole number ≥ 1; got "
+                             f"{self.field_factor!r}.")
         if self.block_timeout is not None and not float(self.block_timeout) > 0:
             raise InputError(f"block_timeout must be a positive number of seconds; got "
                              f"{self.block_timeout!r}.")
@@ -161,6 +172,8 @@ class RegistrationOptions:
             return _parse_block_levels(value, where)
         if key == "chunk_size":
             return _parse_chunk_size(value)
+        if key == "field_factor":
+            return int(value) if str(value).strip().isdigit() else str(value).strip()
         try:
             return kind(value)
         except (TypeError, ValueError):
@@ -236,6 +249,9 @@ _CLI_HELP: dict[str, tuple[type, str]] = {
     "backend": (str, "coarse step: ants or elastix (nonlinear type BSpline)"),
     "blend_sigma": (float, "half-width of the blend across block faces, voxels (default: "
                     "half the overlap)"),
+    "field_factor": (str, "store the fine field this many times coarser than the blocks' "
+                     "grid: auto (2 or 4 where linear interpolation stays within 0.1 voxel, "
+                     "else 1) or a whole number"),
     "min_foreground": (float, "skip blocks with less foreground than this fraction"),
     "workers": (int, "block worker processes of the local cluster (default: one per CPU, as "
                 "memory allows; 1 runs blocks in this process)"),
