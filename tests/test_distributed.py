@@ -9,6 +9,7 @@ runs are reproducible bit for bit and can be compared.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import signal
@@ -184,9 +185,12 @@ def test_register_on_a_dask_scheduler_matches_a_local_run(data_dir, tmp_path, re
     with open(out / "qc" / "blocks.csv") as fh:
         where = {r["worker"] for r in csv.DictReader(fh)} - {""}
     assert where and where <= set(client.scheduler_info()["workers"])
-    # the block tasks were the only tasks: a block never sends work back to the cluster
+    # the blend and the warp ran there too (the scheduler saw their tasks), and the CLI
+    # said so
     prefixes = client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.task_prefixes))
-    assert prefixes and all(p.startswith("ngffreg-block") for p in prefixes), prefixes
+    for stage in ("ngffreg-block", "ngffreg-blend", "ngffreg-warp"):
+        assert any(p.startswith(stage) for p in prefixes), (stage, prefixes)
+    assert "writing level 0 of" in res.stderr and "on the cluster" in res.stderr
     _assert_same(reference, out)
 
 
@@ -375,6 +379,52 @@ def test_a_full_disk_is_a_clear_error_and_keeps_finished_blocks(data_dir, tmp_pa
                  for p in (out / "blocks").glob("b*/zarr.json")}
         assert len(after) == 8
         assert all(after[k] == v for k, v in kept.items())  # nothing finished was lost
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_a_disk_that_fills_during_the_warp(data_dir, tmp_path, reference):
+    """The output disk fills while the registered image is being written (a file takes all
+    the space left the moment the warp starts): a clear message, exit 2, nothing published,
+    the blocks kept; with the space back, the same command finishes without registering a
+    block again and gives the uninterrupted run's output."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(mnt)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root) to fill a disk")
+    try:
+        out, work, filler = mnt / "out.ome.zarr", mnt / "out.ome.zarr.partial", mnt / "filler"
+        cmd = _command(data_dir, out, "--workers", "1", "--quiet")
+        proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        start = time.perf_counter()
+        while not any(p.name.startswith(("." + out.name, out.name))
+                      for p in work.glob("*out.ome.zarr*")):
+            assert proc.poll() is None, "the run ended before its warp: " + \
+                proc.stderr.read().decode()[-2000:]
+            assert time.perf_counter() - start < 300, "the warp never started"
+            time.sleep(0.01)
+        with open(filler, "wb", buffering=0) as fh:  # the disk is full from here on
+            for size in (2**20, 2**12, 1):
+                with contextlib.suppress(OSError):
+                    while True:
+                        fh.write(b"\0" * size)
+        _, err = proc.communicate(timeout=300)
+        err = err.decode()
+        assert proc.returncode == 2, err[-2000:]
+        assert "disk is full" in err and "run the same command again" in err, err[-2000:]
+        assert "Traceback" not in err
+        assert not out.exists()  # nothing that looks finished
+        assert not [p for p in work.glob(".*out.ome.zarr*")]  # nor a half-written store
+        kept = {p.parent.name: p.stat().st_mtime_ns for p in (work / "blocks").glob("b*/zarr.json")}
+        assert len(kept) == 8
+        filler.unlink()
+        res = _run(cmd)
+        assert res.returncode == 0, res.stderr
+        _assert_same(reference, out)
+        after = {p.parent.name: p.stat().st_mtime_ns
+                 for p in (out / "blocks").glob("b*/zarr.json")}
+        assert after == kept  # no block registered again
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 

@@ -400,7 +400,8 @@ def warp(
         return out.reshape(out_shape)
 
     data = da.map_blocks(block, chunks=_output_chunks(like, grid, chunks), dtype=dtype,
-                         meta=np.empty((0, 0, 0), dtype=dtype))
+                         meta=np.empty((0, 0, 0), dtype=dtype),
+                         name=f"ngffreg-warp-{uuid.uuid4().hex}")
     attrs = {"warped_from": moving.attrs.get("source", moving.name),
              "interpolator": interpolator}
     return grid.image(data, name=moving.name or "image", attrs=attrs)
@@ -491,6 +492,7 @@ def write_warped(
     inverse: Transform | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    scheduler: Any = None,
 ) -> tuple[Any, list[dict[str, Any]]]:
     """Warp ``moving`` onto ``like``'s grid and write the registered pyramid as OME-Zarr 0.6,
     with ``transform`` stored beside it as the ``registration`` (fixed → moving; a bijection
@@ -504,6 +506,9 @@ def write_warped(
     spacing fits (see :func:`warp_pyramid`): less reading for a moving pyramid whose coarse
     levels exist, at the price of interpolating every level. The transform is written into
     the store before it is renamed into place, so a failure leaves nothing behind.
+
+    ``scheduler``: a ``dask.distributed`` client to warp and write on (its workers must
+    reach the inputs, the transform's fields and ``path``); default: threads here.
 
     Returns the store path and, per output level, its source and the reason.
     """
@@ -536,5 +541,5 @@ def write_warped(
         image_group=IMAGE,
         attributes={"warp": {"interpolator": interpolator, "fill_value": fill_value,
                              "pyramid": pyramid, "levels": report}},
-        before_publish=store_transform)
+        before_publish=store_transform, scheduler=scheduler)
     return out, report

@@ -20,6 +20,7 @@ import errno
 import json
 import os
 import shutil
+import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -231,7 +232,7 @@ def _check_orientation(image: xr.DataArray, version: str) -> None:
         )
 
 
-def _store_level(data: da.Array, target: Path) -> None:
+def _store_level(data: da.Array, target: Path, scheduler: Any = None) -> None:
     import zarr
 
     arr = zarr.open_array(str(target), mode="r+")
@@ -241,7 +242,71 @@ def _store_level(data: da.Array, target: Path) -> None:
         )
     grid = arr.shards or arr.chunks
     data = data.rechunk(tuple(min(g, n) for g, n in zip(grid, data.shape, strict=True)))
-    da.store(data, arr, lock=False, compute=True)
+    # on a cluster, unoptimised: the warp's tasks keep their names for its dashboard
+    da.store(data, arr, lock=False, compute=True,
+             **({} if scheduler is None else {"scheduler": scheduler,
+                                              "optimize_graph": False}))
+
+
+class _LineProgress:
+    """Progress of a dask computation off a terminal: a line every ``every`` seconds
+    (tasks done / total, elapsed) and one at the end, instead of a redrawn bar."""
+
+    def __init__(self, label: str, every: float = 10.0, stream: Any = None) -> None:
+        from dask.callbacks import Callback
+
+        self.label, self.every = label, every
+        self.stream = stream or sys.stderr
+        outer = self
+
+        class _Hooks(Callback):
+            def _start_state(self, dsk, state):
+                outer.total = sum(len(state[k]) for k in ("ready", "waiting", "running",
+                                                          "finished"))
+                outer.done, outer.start, outer.shown = 0, time.perf_counter(), 0.0
+
+            def _posttask(self, key, result, dsk, state, worker_id):
+                outer.done += 1
+                now = time.perf_counter()
+                if now - outer.shown >= outer.every:
+                    outer.shown = now
+                    outer.line(now)
+
+            def _finish(self, dsk, state, errored):
+                if not errored:
+                    outer.line(time.perf_counter())
+
+        self.hooks = _Hooks()
+        self.total = self.done = 0
+        self.start = self.shown = 0.0
+
+    def line(self, now: float) -> None:
+        share = 100 * self.done / self.total if self.total else 100
+        print(f"{self.label}: {share:.0f}% of {self.total} tasks, {now - self.start:.0f} s",
+              file=self.stream, flush=True)
+
+    def __enter__(self) -> _LineProgress:
+        self.hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.hooks.__exit__(*exc)
+
+
+def _progress(progress: bool, label: str, scheduler: Any) -> Any:
+    """The progress display of writing one level: none; a line per level on a dask
+    cluster (its dashboard shows the tasks); dask's bar on a terminal; else a line every
+    10 s."""
+    if not progress:
+        return contextlib.nullcontext()
+    if scheduler is not None:
+        print(f"{label} on the cluster", file=sys.stderr, flush=True)
+        return contextlib.nullcontext()
+    if sys.stderr.isatty():
+        from dask.diagnostics import ProgressBar
+
+        return ProgressBar()
+    return _LineProgress(label)
 
 
 def _reopen(target: Path, like: xr.DataArray) -> xr.DataArray:
@@ -269,6 +334,7 @@ def to_ome_zarr(
     attributes: Mapping[str, Any] | None = None,
     before_publish: Callable[[Path], None] | None = None,
     image_group: str | None = None,
+    scheduler: Any = None,
 ) -> Path:
     """Write an image (as a new pyramid) or an existing pyramid to an OME-Zarr store.
 
@@ -290,7 +356,7 @@ def to_ome_zarr(
     overwrite : bool
         Replace an existing store. The old one is removed only after the new one is complete.
     progress : bool
-        Show a progress bar per level.
+        Show the progress per level (a bar on a terminal, else a line every 10 s).
     coordinate_system : str
         OME-Zarr 0.6 only: the name of the coordinate system the datasets map to (RFC-5
         ``coordinateSystems``). A registered image maps to ``"fixed"``.
@@ -306,6 +372,9 @@ def to_ome_zarr(
         Write the image into this group of the store and leave the store's root a plain
         Zarr group, for ``before_publish`` to make a scene of (as a registered store is:
         :func:`ngffreg.transforms.scene.start_scene`).
+    scheduler : dask.distributed.Client, optional
+        Compute and write the levels on this cluster (its workers must reach ``path``);
+        default: threads in this process.
 
     Returns
     -------
@@ -360,7 +429,7 @@ def to_ome_zarr(
     try:
         ms = _multiscales(lv, name, root_attrs, coordinate_system, axis_types)
         _write_levels(ms, lv, tmp / image_group if image_group else tmp, name, version,
-                      chunks_per_shard, derive, method, progress)
+                      chunks_per_shard, derive, method, progress, scheduler)
         if image_group:
             (tmp / "zarr.json").write_text(json.dumps(
                 {"zarr_format": 3, "node_type": "group", "attributes": {}}))
@@ -382,16 +451,12 @@ def to_ome_zarr(
     return path
 
 
-def _write_levels(ms, lv, tmp, name, version, chunks_per_shard, derive, method, progress):
+def _write_levels(ms, lv, tmp, name, version, chunks_per_shard, derive, method, progress,
+                  scheduler=None):
     shard = chunks_per_shard
     if isinstance(shard, Sequence) and not isinstance(shard, str):
         shard = dict(zip(lv[0].dims[-3:], shard, strict=True))
     _write_metadata(tmp, ms, version, shard)
-    bar = contextlib.nullcontext()
-    if progress:
-        from dask.diagnostics import ProgressBar
-
-        bar = ProgressBar()
     previous: xr.DataArray | None = None
     for k, level in enumerate(lv):
         target = tmp / f"scale{k}" / name
@@ -400,8 +465,10 @@ def _write_levels(ms, lv, tmp, name, version, chunks_per_shard, derive, method, 
             data = source.data
         else:
             data = level.data
-        with bar, dask.config.set({"optimization.fuse.active": True}):
-            _store_level(data, target)
+        label = f"writing level {k} of {len(lv)} ({' × '.join(map(str, level.shape))})"
+        with _progress(progress, label, scheduler), \
+                dask.config.set({"optimization.fuse.active": True}):
+            _store_level(data, target, scheduler)
         previous = _reopen(target, level) if derive else None
 
 

@@ -28,6 +28,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,10 +46,10 @@ from .blockwise import block_table, run_blocks
 from .coarse import CoarseResult, coarse_register, image_levels
 from .execution import block_client
 from .options import RegistrationOptions
-from .reduce import blend
+from .reduce import blend, choose_factor
 from .resolve import RunPlan, default_workers, resolve, run_params
 from .run_store import RunStore
-from .staging import map_fields, store_array
+from .staging import map_fields, small_chunk_warning, store_array
 
 #: Fine fields with more voxels than this are not exported as NIfTI for ANTs (ITK would
 #: hold them whole: 16 M voxels are about 0.4 GiB as float64).
@@ -142,8 +143,9 @@ def register(
     timings: dict[str, float] = {}
     try:
         with contextlib.ExitStack() as stack:
-            if opts.scheduler_address and client is None and plan.method is not None:
-                # reach the cluster before any work: a wrong address fails in seconds
+            if opts.scheduler_address and client is None:
+                # reach the cluster before any work: a wrong address fails in seconds; the
+                # blocks, the blend and the warp run there
                 client = stack.enter_context(block_client(1, address=opts.scheduler_address,
                                                           log=log))
             t0 = time.perf_counter()
@@ -157,16 +159,16 @@ def register(
             timings["coarse_s"] = time.perf_counter() - t0
             passes = block_passes(fixed_levels, moving_levels, coarse, opts, plan, store.work,
                                   client=client, progress=progress, log=log, timings=timings)
-        inputs = {"fixed": _input_record(fixed, fixed_voxel_size, unit),
-                  "moving": _input_record(moving, moving_voxel_size, unit)}
-        result = RegistrationResult(passes.transform, coarse, passes.plan, passes.records, None,
-                                    timings, passes.fine, passes.fine_report,
-                                    max(1, passes.n_fine), inputs)
-        if output is None:
-            timings["total_s"] = time.perf_counter() - t_start
-            return dataclasses.replace(result, keepalive=store.keepalive)
-        return _write_output(result, store, fixed_levels, moving_levels, opts, progress,
-                             t_start)
+            inputs = {"fixed": _input_record(fixed, fixed_voxel_size, unit),
+                      "moving": _input_record(moving, moving_voxel_size, unit)}
+            result = RegistrationResult(passes.transform, coarse, passes.plan, passes.records,
+                                        None, timings, passes.fine, passes.fine_report,
+                                        max(1, passes.n_fine), inputs)
+            if output is None:
+                timings["total_s"] = time.perf_counter() - t_start
+                return dataclasses.replace(result, keepalive=store.keepalive)
+            return _write_output(result, store, fixed_levels, moving_levels, opts, progress,
+                                 t_start, scheduler=client)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) and output is not None:
             raise OutputError(
@@ -226,7 +228,8 @@ def block_passes(fixed_levels: list[xr.DataArray], moving_levels: list[xr.DataAr
             timings[f"blocks_s{'' if one else k}"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             field_k, fine_report = blend_pass(block_plan, pass_records, pass_work,
-                                              opts.blend_sigma, "fine" if one else f"fine{k}")
+                                              opts.blend_sigma, "fine" if one else f"fine{k}",
+                                              factor=opts.field_factor, scheduler=client)
             timings[f"blend_s{'' if one else k}"] = time.perf_counter() - t0
             if not one:
                 fine_report["pass"] = k
@@ -238,16 +241,17 @@ def block_passes(fixed_levels: list[xr.DataArray], moving_levels: list[xr.DataAr
 
 def _write_output(result: RegistrationResult, store: RunStore, fixed_levels: list[xr.DataArray],
                   moving_levels: list[xr.DataArray], opts: RegistrationOptions, progress: Any,
-                  t_start: float) -> RegistrationResult:
-    """Warp, write the store with its extras, publish it, and return the result reading its
-    fields from the published store (not the work folder, which is removed)."""
+                  t_start: float, scheduler: Any = None) -> RegistrationResult:
+    """Warp (on ``scheduler``, a dask client, when given), write the store with its extras,
+    publish it, and return the result reading its fields from the published store (not the
+    work folder, which is removed)."""
     from ..transforms.ngff import read_registration
     from ..warp import write_warped
 
     t0 = time.perf_counter()
     staged = store.staged()
     write_warped(moving_levels, result.transform, staged, like=fixed_levels[0],
-                 interpolator=opts.interpolator, progress=bool(progress))
+                 interpolator=opts.interpolator, progress=bool(progress), scheduler=scheduler)
     result.timings["warp_s"] = time.perf_counter() - t0
     result.timings["total_s"] = time.perf_counter() - t_start
     _write_extras(staged, store.work, result, opts.export_ants, (fixed_levels, moving_levels))
@@ -290,26 +294,45 @@ def run_pass(fixed_levels: list[xr.DataArray], moving_levels: list[xr.DataArray]
     plan = plan_blocks(Grid.of(fixed), chunk_size, overlap_fraction, level=level,
                        foreground=foreground, min_foreground=min_foreground)
     (work / "plan.json").write_text(json.dumps(plan.to_dict()))
+    grown = np.max([[r1 - r0 for r0, r1 in b.region] for b in plan.blocks], axis=0)
+    scale = np.divide(spacing(fixed), spacing(moving))  # the moving region, as long
+    for image, region, what in ((fixed, grown, "fixed"), (moving, grown * scale, "moving")):
+        message = small_chunk_warning(image, np.ceil(region), len(plan.blocks), what)
+        if message:
+            warnings.warn(message, stacklevel=2)
     records = run_blocks(plan, fixed, moving, current, method, work, client=client,
                          block_timeout=block_timeout, progress=progress)
     return plan, records
 
 
 def blend_pass(plan: BlockPlan, records: list[dict[str, Any]], work: Path,
-               blend_sigma: float | None = None,
-               name: str = "fine") -> tuple[DisplacementField, dict[str, Any]]:
-    """A pass's blocks blended into one field, stored in ``work`` and read back lazily,
-    with its QC report (Jacobian, folds, seams)."""
-    field = _store_field(blend(plan, records, work, blend_sigma=blend_sigma), work, name=name)
-    return field, field_report(field, plan.edges)
+               blend_sigma: float | None = None, name: str = "fine", *,
+               factor: Any = "auto", scheduler: Any = None
+               ) -> tuple[DisplacementField, dict[str, Any]]:
+    """A pass's blocks blended into one field, stored in ``work`` (``factor`` times coarser
+    than the blocks' grid; ``"auto"``: :func:`~ngffreg.registration.reduce.choose_factor`)
+    and read back lazily, with its QC report (Jacobian, folds, seams, the storage factor).
+    ``scheduler``: a dask client to compute it on (default: threads here)."""
+    storage: dict[str, Any] = {}
+    if factor == "auto":
+        factor, storage = choose_factor(plan, records, work, blend_sigma=blend_sigma)
+    field = _store_field(blend(plan, records, work, blend_sigma=blend_sigma, factor=factor),
+                         work, name=name, scheduler=scheduler)
+    edges = [[e // factor for e in axis] for axis in plan.edges] if factor > 1 else plan.edges
+    report = field_report(field, edges)
+    report["storage"] = {"factor": int(factor), "spacing": field.grid.spacing.tolist(),
+                         **storage}
+    return field, report
 
 
-def _store_field(field: DisplacementField, work: Path, name: str = "fine") -> DisplacementField:
+def _store_field(field: DisplacementField, work: Path, name: str = "fine",
+                 scheduler: Any = None) -> DisplacementField:
     """Compute the blended field once into ``work/fine`` and return it read lazily."""
     grid = field.grid
     return DisplacementField.from_array(
-        store_array(field.field.data, work / "fine"), spacing=grid.spacing,
-        origin=grid.origin, direction=grid.direction, unit=grid.unit, name=name)
+        store_array(field.field.data, work / "fine", scheduler=scheduler),
+        spacing=grid.spacing, origin=grid.origin, direction=grid.direction, unit=grid.unit,
+        name=name)
 
 
 def _write_extras(output: Path, work: Path, result: RegistrationResult,
@@ -360,8 +383,6 @@ def _figures(qc: Path, result: RegistrationResult,
     ``checkerboard.png``, ``blocks.png``, ``block_layers.png``, ``jacobian.png`` and
     ``index.html``, from the levels this run registered. A report that fails is a warning
     (``ngffreg qc OUT`` retries it), never a failed registration."""
-    import warnings
-
     from ..qc import write_report
 
     fixed, moving = levels

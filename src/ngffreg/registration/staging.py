@@ -68,9 +68,11 @@ def too_big_for_a_task(obj: Any) -> bool:
     return pickled_size(obj, limit=TASK_ARGUMENT_BYTES) > TASK_ARGUMENT_BYTES
 
 
-def store_array(data: Any, path: Path, chunks: tuple[int, ...] | None = None) -> Any:
+def store_array(data: Any, path: Path, chunks: tuple[int, ...] | None = None,
+                scheduler: Any = None) -> Any:
     """Write ``data`` (numpy or dask) to a Zarr v3 array at ``path`` (replaced when there)
-    and return it as a lazy dask array reading that store."""
+    and return it as a lazy dask array reading that store. ``scheduler``: a dask client to
+    compute it on (its workers must see ``path``); default threads in this process."""
     import dask.array as da
     import zarr
 
@@ -88,7 +90,10 @@ def store_array(data: Any, path: Path, chunks: tuple[int, ...] | None = None) ->
     if isinstance(data, np.ndarray):
         arr[...] = data.astype(dtype, copy=False)
     else:
-        da.store(data.astype(dtype), arr, lock=False, scheduler="threads")
+        # on a cluster, unoptimised: the tasks keep their names for its dashboard
+        da.store(data.astype(dtype), arr, lock=False,
+                 **({"scheduler": "threads"} if scheduler is None else
+                    {"scheduler": scheduler, "optimize_graph": False}))
     return da.from_zarr(str(path))
 
 
@@ -126,3 +131,28 @@ def persist_transform(transform: Transform, folder: Path, prefix: str = "field")
 
 __all__ = ["map_fields", "persist_transform", "pickled_size", "stage_image", "store_array",
            "too_big_for_a_task"]
+
+
+#: A block that must decode more stored chunks than this of one image gets a warning.
+MAX_CHUNKS_PER_BLOCK = 1000
+
+
+def small_chunk_warning(image: xr.DataArray, region: Any, n_blocks: int,
+                        what: str) -> str | None:
+    """What to tell a user whose ``image`` is stored in chunks so small that a block's
+    ``region`` (voxels per axis) decodes more than :data:`MAX_CHUNKS_PER_BLOCK` of them:
+    the count and the cure; None when the chunks are fine or not known."""
+    stored = image.attrs.get("stored_chunks")
+    if not stored:
+        return None
+    per_block = int(np.prod([-(-int(r) // int(c)) + 1 for r, c in zip(region, stored,
+                                                                     strict=True)]))
+    if per_block <= MAX_CHUNKS_PER_BLOCK:
+        return None
+    source = image.attrs.get("source", "the image")
+    return (f"The {what} image is stored in chunks of {' × '.join(map(str, stored))} voxels: "
+            f"each block reads about {per_block:,} of them ({per_block * n_blocks:,} for "
+            f"{n_blocks} blocks), and reading them will dominate the run. Rewrite it once "
+            f"with larger chunks (`ngffreg convert {source} NEW.ome.zarr --chunks 128`) and "
+            f"register that.")
+
