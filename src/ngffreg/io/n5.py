@@ -21,6 +21,7 @@ import dask.array as da
 import numpy as np
 
 from ..errors import InputError
+from .chunks import task_chunks
 
 _DTYPES = {
     "uint8": "u1", "uint16": "u2", "uint32": "u4", "uint64": "u8",
@@ -165,10 +166,13 @@ def n5_voxel_size(attrs: dict[str, Any]) -> tuple[tuple[float, ...] | None, str 
     return tuple(reversed(values)), unit
 
 
-def open_n5(path: Path, *, level: int = 0) -> tuple[da.Array, tuple[float, ...] | None, str | None]:
+def open_n5(path: Path, *, level: int = 0
+            ) -> tuple[da.Array, tuple[float, ...] | None, str | None, tuple[int, ...]]:
     """Open an N5 dataset (or level ``s<level>`` of an N5 multiscale group) lazily.
 
-    Returns the (z, y, x) dask array, voxel size (z, y, x) or None, and the unit or None.
+    Returns the (z, y, x) dask array (tasks of whole stored blocks, at least
+    :data:`~ngffreg.io.chunks.MIN_TASK_EDGE` voxels per axis), voxel size (z, y, x) or None,
+    the unit or None, and the stored block shape (z, y, x).
     """
     attrs = read_attributes(path)
     if "dimensions" in attrs and level:
@@ -190,6 +194,7 @@ def open_n5(path: Path, *, level: int = 0) -> tuple[da.Array, tuple[float, ...] 
             inherited = {k: v for k, v in group_attrs.items() if k != "downsamplingFactors"}
             attrs = {**inherited, **attrs}
     arr = N5Array(path, attrs)
-    data = da.from_array(arr, chunks=arr.chunks, asarray=False, name=f"n5-{path.resolve()}")
+    data = da.from_array(arr, chunks=task_chunks(arr.chunks, arr.shape), asarray=False,
+                         name=f"n5-{path.resolve()}")
     spacing, unit = n5_voxel_size(attrs)
-    return data, spacing, unit
+    return data, spacing, unit, arr.chunks

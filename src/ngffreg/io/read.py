@@ -24,6 +24,7 @@ from ..image import make_image
 from ..itk_bridge import geometry_from_itk
 from ..units import normalize_unit
 from . import n5, tiff
+from .chunks import task_chunks
 
 ITK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".hdr", ".img", ".vtk")
 
@@ -283,6 +284,7 @@ def _ome_level(path: Path, ms, level: int, voxel_size, unit, name) -> xr.DataArr
             "format": f"ome-zarr-{ome_version(path)}",
             "level": level,
             "array_path": ms.metadata.datasets[level].path,
+            **_stored_chunks(path / ms.metadata.datasets[level].path),
         },
     )
 
@@ -409,7 +411,20 @@ def _zarr_dask(array_path: Path, fallback: Any) -> Any:
         return fallback
     if tuple(arr.shape) != tuple(fallback.shape):
         return fallback
-    return da.from_zarr(arr, chunks=arr.chunks)
+    return da.from_zarr(arr, chunks=task_chunks(arr.shards or arr.chunks, arr.shape))
+
+
+def _stored_chunks(array_path: Path) -> dict[str, Any]:
+    """``{"stored_chunks": [z, y, x]}``: the voxels one read of the store decodes at least
+    (its chunks), for a reader to judge the cost of a region; empty when
+    zarr cannot say."""
+    import zarr
+
+    try:
+        arr = zarr.open_array(str(array_path), mode="r")
+    except Exception:
+        return {}
+    return {"stored_chunks": [int(c) for c in arr.chunks[-3:]]}
 
 
 def _open_ome_zarr(path: Path, level: int, voxel_size, unit, name) -> xr.DataArray:
@@ -435,11 +450,12 @@ def _open_zarr_array(path: Path, voxel_size, unit, name) -> xr.DataArray:
             f"{path} is a Zarr group without OME-NGFF metadata; open one of its arrays "
             f"({', '.join(arrays) or 'none'}) by path, e.g. {example}."
         )
-    data = da.from_zarr(node)
+    data = da.from_zarr(node, chunks=task_chunks(node.shards or node.chunks, node.shape))
     spacing, chosen_unit = _resolve_spacing(None, None, voxel_size, unit, str(path))
     return make_image(
         data, spacing=spacing, unit=chosen_unit, name=name,
-        attrs={"source": str(path), "format": f"zarr-v{node.metadata.zarr_format}"},
+        attrs={"source": str(path), "format": f"zarr-v{node.metadata.zarr_format}",
+               "stored_chunks": [int(c) for c in node.chunks[-3:]]},
     )
 
 
@@ -491,9 +507,11 @@ def open_image(
         return _open_ome_zarr(scene_image(path), level, voxel_size, unit, name)
     if fmt == "zarr":
         return _open_zarr_array(path, voxel_size, unit, name)
+    extra: dict[str, Any] = {}
     if fmt == "n5":
-        data, found, found_unit = n5.open_n5(path, level=level)
+        data, found, found_unit, stored = n5.open_n5(path, level=level)
         dims: tuple[str, ...] = ("z", "y", "x")
+        extra["stored_chunks"] = [int(c) for c in stored]
     elif fmt == "tiff-folder":
         data, dims, vs = tiff.read_tiff_folder(path)
         found, found_unit = (vs.spacing, vs.unit) if vs else (None, None)
@@ -505,7 +523,7 @@ def open_image(
     spacing, chosen_unit = _resolve_spacing(found, found_unit, voxel_size, unit, str(path))
     return make_image(
         data, spacing=spacing, unit=chosen_unit, dims=dims, name=name,
-        attrs={"source": str(path), "format": fmt},
+        attrs={"source": str(path), "format": fmt, **extra},
     )
 
 
