@@ -135,6 +135,38 @@ def test_memory_budget_sets_workers_and_block_size():
         plan_resources("lots")
 
 
+def test_memory_budget_holds_the_stages_after_the_blocks():
+    """The blend, warp and QC run on threads of the main process: a budget sets how many,
+    and the chunk cache's size, so that the main process's base, the cache and each
+    thread's largest region read stay within it."""
+    import dask
+
+    from ngffreg.registration.execution import (
+        MAIN_BASE_BYTES,
+        STAGE_THREAD_BYTES,
+        plan_resources,
+        stage_limits,
+    )
+    from ngffreg.sampling import CHUNK_CACHE, CHUNK_CACHE_BYTES
+
+    for budget, cpus in (("1.4 GiB", 4), ("1.6 GiB", 4), ("3 GiB", 2), ("16 GiB", 4)):
+        r = plan_resources(budget, cpus=cpus)
+        assert MAIN_BASE_BYTES + r.cache_bytes + r.stage_threads * STAGE_THREAD_BYTES \
+            <= r.budget or r.stage_threads == 1
+        assert 1 <= r.stage_threads <= cpus and 0 < r.cache_bytes <= CHUNK_CACHE_BYTES
+        assert "thread(s)" in r.describe()
+    small, big = plan_resources("1.4 GiB", cpus=4), plan_resources("16 GiB", cpus=4)
+    assert small.stage_threads == 1 and small.cache_bytes < CHUNK_CACHE_BYTES
+    assert big.stage_threads == 4 and big.cache_bytes == CHUNK_CACHE_BYTES
+    before = CHUNK_CACHE.limit
+    CHUNK_CACHE.put(("t", "x", 0), np.zeros(2**20, dtype=np.uint8))
+    with stage_limits(small):
+        assert dask.config.get("num_workers") == 1 and CHUNK_CACHE.limit == small.cache_bytes
+        with stage_limits(None):  # no budget: nothing changes
+            assert CHUNK_CACHE.limit == small.cache_bytes
+    assert CHUNK_CACHE.limit == before and dask.config.get("num_workers", None) is None
+
+
 # -- a real dask cluster started from the command line ------------------------------------
 
 @pytest.fixture

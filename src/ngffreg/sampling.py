@@ -20,10 +20,12 @@ same name between two calls is never served stale.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
 
 import dask
@@ -138,6 +140,21 @@ class ChunkCache:
             self._items.clear()
             self._bytes = 0
             self.hits = self.misses = 0
+
+    @contextlib.contextmanager
+    def limited(self, limit: int) -> Iterator[None]:
+        """Hold at most ``limit`` bytes inside the block (what is beyond it now is dropped,
+        oldest first); the previous limit afterwards."""
+        before = self._limit
+        with self._lock:
+            self._limit = int(limit)
+            while self._bytes > self._limit and self._items:
+                _, old = self._items.popitem(last=False)
+                self._bytes -= old.nbytes
+        try:
+            yield
+        finally:
+            self._limit = before
 
 
 #: The process's chunk cache (used by :func:`read_region` when given a token); its size is

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..blocks import BLOCK_BASE_BYTES, auto_block_size, block_bytes
 from ..errors import InputError, NgffregError
+from ..sampling import CHUNK_CACHE_BYTES, REGION_BYTES
 from ..units import parse_bytes
 
 #: Environment of LocalCluster workers: one thread per library, the worker being the unit
@@ -53,6 +54,10 @@ MAX_AUTO_BLOCK = 128
 MIN_AUTO_BLOCK = 32
 #: Seconds to wait for a scheduler given by address.
 CONNECT_TIMEOUT = 10
+#: What one thread of the stages after the blocks (blend, warp, QC: threads of the main
+#: process) holds at most: a region read in one piece (:data:`ngffreg.sampling.REGION_BYTES`)
+#: and its output chunk's buffers.
+STAGE_THREAD_BYTES = REGION_BYTES + 64 * 2**20
 
 
 class ClusterError(NgffregError, RuntimeError):
@@ -70,12 +75,32 @@ class Resources:
     chunk_size: Any
     coarse_memory: int
     budget: int
+    stage_threads: int = 1
+    cache_bytes: int = CHUNK_CACHE_BYTES
 
     def describe(self) -> str:
         gib = 2**30
         return (f"memory budget {self.budget / gib:.1f} GiB: coarse step ≤ "
                 f"{self.coarse_memory / gib:.1f} GiB, {self.workers} block worker(s) of "
-                f"{self.block_memory / gib:.2f} GiB, blocks of {self.chunk_size} voxels")
+                f"{self.block_memory / gib:.2f} GiB, blocks of {self.chunk_size} voxels; "
+                f"blend, warp and QC on {self.stage_threads} thread(s) with a "
+                f"{self.cache_bytes / 2**20:.0f} MiB chunk cache")
+
+
+@contextlib.contextmanager
+def stage_limits(resources: Resources | None) -> Iterator[None]:
+    """Hold the stages after the blocks (threads of this process) to ``resources``: dask's
+    thread count and the chunk cache's size; nothing changes without a budget."""
+    if resources is None:
+        yield
+        return
+    import dask
+
+    from ..sampling import CHUNK_CACHE
+
+    with dask.config.set(num_workers=resources.stage_threads), \
+            CHUNK_CACHE.limited(resources.cache_bytes):
+        yield
 
 
 def plan_resources(memory_budget: Any, *, workers: int | None = None,
@@ -117,8 +142,12 @@ def plan_resources(memory_budget: Any, *, workers: int | None = None,
         size = min(MAX_AUTO_BLOCK, auto_block_size(room // n, overlap_fraction))
         per = block_bytes(size, overlap_fraction)
     coarse = int(max(budget * COARSE_SHARE, budget - n * BLOCK_BASE_BYTES - MAIN_BASE_BYTES))
+    # after the blocks their workers are gone: the room is the main process's threads'
+    cache = int(min(CHUNK_CACHE_BYTES, room // 4))
+    threads = int(max(1, min(cpus, (room - cache) // STAGE_THREAD_BYTES)))
     return Resources(workers=n, block_memory=int(per), chunk_size=size,
-                     coarse_memory=min(coarse, budget), budget=budget)
+                     coarse_memory=min(coarse, budget), budget=budget, stage_threads=threads,
+                     cache_bytes=cache)
 
 
 def connect(address: str, timeout: float = CONNECT_TIMEOUT) -> Any:
@@ -213,7 +242,7 @@ def _announce(client: Any, log: Any) -> None:
 
 
 __all__ = ["ClusterError", "OnDemandCluster", "Resources", "block_client", "connect",
-           "plan_resources"]
+           "plan_resources", "stage_limits"]
 
 
 def run_on_cluster(client: Any, task: Any, items: list[Any], args: tuple[Any, ...], *,

@@ -44,7 +44,7 @@ from ..transforms import DisplacementField, Sequence, Transform, sample_field, s
 from ..warp import choose_moving_level
 from .blockwise import block_table, run_blocks
 from .coarse import CoarseResult, coarse_register, image_levels
-from .execution import block_client
+from .execution import block_client, stage_limits
 from .options import RegistrationOptions
 from .reduce import blend, choose_factor
 from .resolve import RunPlan, default_workers, resolve, run_params
@@ -143,6 +143,7 @@ def register(
     timings: dict[str, float] = {}
     try:
         with contextlib.ExitStack() as stack:
+            stack.enter_context(stage_limits(plan.resources))  # blend, warp, QC threads
             if opts.scheduler_address and client is None:
                 # reach the cluster before any work: a wrong address fails in seconds; the
                 # blocks, the blend and the warp run there
