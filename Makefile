@@ -14,7 +14,8 @@ ifndef TOOLS_PYTHON
 TOOLS_PYTHON := $(shell sh tests/tools_python.sh)
 endif
 
-.PHONY: install demo test docs lint bench-convert bench-points greedy-env tools-env clean
+.PHONY: install demo test docs lint bench-convert bench-points greedy-env tools-env bigstream-env \
+        clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -82,6 +83,20 @@ $(GREEDY_ENV)/.installed:
 	touch $@
 
 greedy-env: $(GREEDY_ENV)/.installed
+
+# bigstream 5.0.3 (PyPI) for benchmarks/bench_easifish.py (issue 17: bigstream side by side on
+# its own EASI-FISH example pair): a benchmark reference only, in an environment of its own
+# (it needs zarr < 3); never a dependency of ngffreg and never imported in .venv. Versions
+# tested together in constraints-bigstream.txt; reinstalled only when it changes; pip's cache
+# is kept.
+BIGSTREAM_VENV  := .venv-bigstream
+BIGSTREAM_STAMP := $(BIGSTREAM_VENV)/.ngffreg-bigstream-installed
+$(BIGSTREAM_STAMP): constraints-bigstream.txt
+	$(PYTHON) -m venv $(BIGSTREAM_VENV)
+	$(BIGSTREAM_VENV)/bin/python -m pip install -c constraints-bigstream.txt bigstream==5.0.3
+	touch $@
+
+bigstream-env: $(BIGSTREAM_STAMP)
 
 clean:
 	rm -rf $(DEMO) .pytest_cache site
