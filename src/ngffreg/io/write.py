@@ -263,7 +263,8 @@ class _LineProgress:
             def _start_state(self, dsk, state):
                 outer.total = sum(len(state[k]) for k in ("ready", "waiting", "running",
                                                           "finished"))
-                outer.done, outer.start, outer.shown = 0, time.perf_counter(), 0.0
+                outer.done = 0
+                outer.start = outer.shown = time.perf_counter()
 
             def _posttask(self, key, result, dsk, state, worker_id):
                 outer.done += 1

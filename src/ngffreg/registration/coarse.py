@@ -158,6 +158,7 @@ def coarse_register(
     mi, moving = _moving_like(moving_levels, fixed)
     fixed, moving = load(fixed), load(moving)
     t0 = time.perf_counter()
+    initial: dict[str, Any] = {}  # where the linear stages started (ANTs)
     if stages and backend == "elastix":
         transform = _run_elastix(fixed, moving, stages, linear_accuracy, nonlinear_accuracy,
                                  metric, _mask_on(fixed_mask, fixed),
@@ -172,18 +173,20 @@ def coarse_register(
             # level twice finer, they end at the coarse level's own resolution
             lf = load(fixed_levels[fi - 1])
             lm = load(_moving_like(moving_levels, lf)[1])
+        start, initial = _start(fixed, moving) if linear_type else (None, {})
         result = call_in_child(  # one ITK thread: the same answer run after run
             ants_backend.run_ants, lf, lm, stages, fixed_mask=_mask_on(fixed_mask, lf),
             moving_mask=_mask_on(moving_mask, lm), random_seed=random_seed,
-            env=ONE_THREAD_ENV)
+            initial_transform=start, env=ONE_THREAD_ENV)
         transform, inverse = result.transform, result.inverse
     else:
         transform, inverse = Identity(), Identity()
-    deformable: dict[str, Any] = {}
+    deformable: dict[str, Any] = {"initial": initial} if initial else {}
     if engine:
         transform, inverse, deformable = _run_greedy(
             fixed, moving, transform, inverse, engine, nonlinear_accuracy,
             _mask_on(fixed_mask, fixed))
+        deformable = {**deformable, **({"initial": initial} if initial else {})}
     seconds = time.perf_counter() - t0
     before = ncc(fixed.values, warp(moving, Identity(), like=fixed).values)
     after = ncc(fixed.values, warp(moving, transform, like=fixed).values)
@@ -201,6 +204,35 @@ def coarse_register(
             "physical space (origin, orientation, units, voxel size), or give an initial "
             "transform.")
     return CoarseResult(transform, inverse, fi, mi, metrics)
+
+
+#: The correlation search's start replaces ANTs' centroid start when its overlap
+#: correlates better by more than this (NCC).
+START_MARGIN = 0.05
+
+
+def _start(fixed: xr.DataArray, moving: xr.DataArray) -> tuple[Transform | None, dict[str, Any]]:
+    """Where the linear stages start: ANTs' own (the intensity centroids aligned), unless
+    the translation with the best correlating overlap over every shift
+    (:func:`~ngffreg.registration.initial.initial_translation`) correlates better by more
+    than :data:`START_MARGIN`; then that translation. Returns it (None: ANTs' own) and
+    what was measured."""
+    from .initial import initial_translation
+
+    def centroid(image: xr.DataArray) -> np.ndarray:
+        w = np.clip(np.asarray(image.values, dtype=np.float64), 0, None)
+        grid = Grid.of(image)
+        idx = np.array([np.tensordot(w, np.arange(n), axes=([k], [0])).sum() /
+                        max(w.sum(), 1e-12) for k, n in enumerate(w.shape)])
+        return grid.origin + grid.direction @ (grid.spacing * idx)
+
+    reference = centroid(moving) - centroid(fixed)
+    found, report = initial_translation(fixed, moving, reference=reference)
+    report["centroid_translation"] = reference.tolist()
+    better = (report.get("ncc") is not None and report["ncc"]
+              > report.get("reference_ncc", -1.0) + START_MARGIN)
+    report["used"] = "correlation" if better else "centroids"
+    return (found if better else None), report
 
 
 def _run_greedy(fixed: xr.DataArray, moving: xr.DataArray, linear: Transform,
