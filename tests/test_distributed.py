@@ -239,9 +239,10 @@ def test_an_unreachable_scheduler_is_a_clear_error(data_dir, tmp_path):
 
 # -- kill and resume ----------------------------------------------------------------------
 
-def _kill_when(cmd: list[str], ready, timeout: float = 300) -> list[int]:
-    """Start ``cmd``, SIGKILL it once ``ready()`` is true; returns the pids of the process
-    tree it had."""
+def _run_until(cmd: list[str], ready, timeout: float = 300
+               ) -> tuple[subprocess.Popen, list[int]]:
+    """Start ``cmd`` and return once ``ready()`` is true: the running process and the pids
+    of the process tree it had."""
     import psutil
 
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -249,14 +250,21 @@ def _kill_when(cmd: list[str], ready, timeout: float = 300) -> list[int]:
     tree: list[int] = []
     while not ready():
         if proc.poll() is not None:
-            raise AssertionError("the run ended before the kill point: "
+            raise AssertionError("the run ended before the point waited for: "
                                  + proc.stderr.read().decode()[-2000:])
         if time.perf_counter() - start > timeout:
             proc.kill()
-            raise AssertionError("the kill point never came")
+            raise AssertionError("the point waited for never came")
         with_children = psutil.Process(proc.pid).children(recursive=True)
         tree = sorted({proc.pid, *tree, *(c.pid for c in with_children)})
         time.sleep(0.02)
+    return proc, tree
+
+
+def _kill_when(cmd: list[str], ready, timeout: float = 300) -> list[int]:
+    """Start ``cmd``, SIGKILL it once ``ready()`` is true; returns the pids of the process
+    tree it had."""
+    proc, tree = _run_until(cmd, ready, timeout)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     return tree
@@ -264,6 +272,26 @@ def _kill_when(cmd: list[str], ready, timeout: float = 300) -> list[int]:
 
 def _records(work: Path) -> int:
     return len(list((work / "blocks").glob("b*/zarr.json")))
+
+
+def _warp_started(work: Path, out: Path) -> bool:
+    """The run is writing its output store (staged in the work folder)."""
+    return any(p.name.startswith((out.name, "." + out.name))
+               for p in work.glob("*out.ome.zarr*"))
+
+
+@contextlib.contextmanager
+def _tmpfs(mnt: Path, size: str):
+    """A tmpfs of ``size`` mounted at ``mnt`` for the block (the test is skipped where
+    mounting needs a root this process is not)."""
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root) to fill a disk")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def test_runs_killed_at_three_points_resume_to_the_same_output(data_dir, tmp_path,
@@ -276,8 +304,7 @@ def test_runs_killed_at_three_points_resume_to_the_same_output(data_dir, tmp_pat
     points = {
         "blocks": lambda: _records(work) >= 3,
         "blend": lambda: (work / "fine" / "zarr.json").is_file(),
-        "warp": lambda: any(p.name.startswith((out.name, "." + out.name))
-                            for p in work.glob("*out.ome.zarr*")),
+        "warp": lambda: _warp_started(work, out),
     }
     killed_after = {}
     for name, ready in points.items():
@@ -390,12 +417,7 @@ def test_killed_workers_hung_and_failing_blocks(data_dir, tmp_path):
 def test_a_full_disk_is_a_clear_error_and_keeps_finished_blocks(data_dir, tmp_path, capsys):
     from ngffreg.cli import main
 
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=700k", "tmpfs", str(mnt)],
-                      capture_output=True).returncode:
-        pytest.skip("cannot mount a small tmpfs here (needs root) to fill a disk")
-    try:
+    with _tmpfs(tmp_path / "small", "700k") as mnt:
         out = mnt / "out.ome.zarr"
         argv = ["register", *_pair(data_dir), "-o", str(out), *OPTIONS, "--workers", "1",
                 "--quiet"]
@@ -411,8 +433,6 @@ def test_a_full_disk_is_a_clear_error_and_keeps_finished_blocks(data_dir, tmp_pa
                  for p in (out / "blocks").glob("b*/zarr.json")}
         assert len(after) == 8
         assert all(after[k] == v for k, v in kept.items())  # nothing finished was lost
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def test_a_disk_that_fills_during_the_warp(data_dir, tmp_path, reference):
@@ -420,22 +440,10 @@ def test_a_disk_that_fills_during_the_warp(data_dir, tmp_path, reference):
     the space left the moment the warp starts): a clear message, exit 2, nothing published,
     the blocks kept; with the space back, the same command finishes without registering a
     block again and gives the uninterrupted run's output."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(mnt)],
-                      capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root) to fill a disk")
-    try:
+    with _tmpfs(tmp_path / "disk", "256m") as mnt:
         out, work, filler = mnt / "out.ome.zarr", mnt / "out.ome.zarr.partial", mnt / "filler"
         cmd = _command(data_dir, out, "--workers", "1", "--quiet")
-        proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        start = time.perf_counter()
-        while not any(p.name.startswith(("." + out.name, out.name))
-                      for p in work.glob("*out.ome.zarr*")):
-            assert proc.poll() is None, "the run ended before its warp: " + \
-                proc.stderr.read().decode()[-2000:]
-            assert time.perf_counter() - start < 300, "the warp never started"
-            time.sleep(0.01)
+        proc, _ = _run_until(cmd, lambda: _warp_started(work, out))
         with open(filler, "wb", buffering=0) as fh:  # the disk is full from here on
             for size in (2**20, 2**12, 1):
                 with contextlib.suppress(OSError):
@@ -457,8 +465,6 @@ def test_a_disk_that_fills_during_the_warp(data_dir, tmp_path, reference):
         after = {p.parent.name: p.stat().st_mtime_ns
                  for p in (out / "blocks").glob("b*/zarr.json")}
         assert after == kept  # no block registered again
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def test_the_dashboard_link_a_run_prints_answers():

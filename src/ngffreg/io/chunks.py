@@ -18,3 +18,10 @@ def task_chunks(stored: Any, shape: Any) -> tuple[int, ...]:
         spatial = k >= len(shape) - 3
         out.append(int(min(n, c * max(1, -(-MIN_TASK_EDGE // c)))) if spatial else int(c))
     return tuple(out)
+
+
+def stored_chunks(chunks: Any) -> dict[str, list[int]]:
+    """``{"stored_chunks": [z, y, x]}``, an image attribute: the voxels one read of its
+    store decodes at least (its chunks' last three axes), for a reader to judge the cost
+    of a region."""
+    return {"stored_chunks": [int(c) for c in tuple(chunks)[-3:]]}

@@ -24,7 +24,7 @@ from ..image import make_image
 from ..itk_bridge import geometry_from_itk
 from ..units import normalize_unit
 from . import n5, tiff
-from .chunks import task_chunks
+from .chunks import stored_chunks, task_chunks
 
 ITK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".hdr", ".img", ".vtk")
 
@@ -272,7 +272,7 @@ def _ome_level(path: Path, ms, level: int, voxel_size, unit, name) -> xr.DataArr
     )
     # Read through zarr itself (not ngff-zarr's zarrista arrays): a dask array over a
     # zarr.Array pickles by its path, so tasks can ship to other processes and machines.
-    data = _zarr_dask(path / ms.metadata.datasets[level].path, img.data)
+    data, stored = _zarr_dask(path / ms.metadata.datasets[level].path, img.data)
     order = [dims.index(d) for d in ("t", "c", "z", "y", "x") if d in dims]
     data = data.transpose(order)
     out_dims = tuple(dims[i] for i in order)
@@ -284,7 +284,7 @@ def _ome_level(path: Path, ms, level: int, voxel_size, unit, name) -> xr.DataArr
             "format": f"ome-zarr-{ome_version(path)}",
             "level": level,
             "array_path": ms.metadata.datasets[level].path,
-            **_stored_chunks(path / ms.metadata.datasets[level].path),
+            **stored,
         },
     )
 
@@ -402,29 +402,20 @@ def _place(path: Path, transform: Any, dims: tuple[str, ...], scale: list, trans
     return spacing, origin, linear / stretch
 
 
-def _zarr_dask(array_path: Path, fallback: Any) -> Any:
+def _zarr_dask(array_path: Path, fallback: Any) -> tuple[Any, dict[str, Any]]:
+    """The array at ``array_path`` read through zarr in tasks of whole stored chunks, with
+    its :func:`~ngffreg.io.chunks.stored_chunks` attribute; ``fallback`` and no attribute
+    where zarr cannot open it as that array."""
     import zarr
 
     try:
         arr = zarr.open_array(str(array_path), mode="r")
     except Exception:  # a layout zarr cannot open directly: keep ngff-zarr's reader
-        return fallback
+        return fallback, {}
     if tuple(arr.shape) != tuple(fallback.shape):
-        return fallback
-    return da.from_zarr(arr, chunks=task_chunks(arr.shards or arr.chunks, arr.shape))
-
-
-def _stored_chunks(array_path: Path) -> dict[str, Any]:
-    """``{"stored_chunks": [z, y, x]}``: the voxels one read of the store decodes at least
-    (its chunks), for a reader to judge the cost of a region; empty when
-    zarr cannot say."""
-    import zarr
-
-    try:
-        arr = zarr.open_array(str(array_path), mode="r")
-    except Exception:
-        return {}
-    return {"stored_chunks": [int(c) for c in arr.chunks[-3:]]}
+        return fallback, {}
+    return (da.from_zarr(arr, chunks=task_chunks(arr.shards or arr.chunks, arr.shape)),
+            stored_chunks(arr.chunks))
 
 
 def _open_ome_zarr(path: Path, level: int, voxel_size, unit, name) -> xr.DataArray:
@@ -455,7 +446,7 @@ def _open_zarr_array(path: Path, voxel_size, unit, name) -> xr.DataArray:
     return make_image(
         data, spacing=spacing, unit=chosen_unit, name=name,
         attrs={"source": str(path), "format": f"zarr-v{node.metadata.zarr_format}",
-               "stored_chunks": [int(c) for c in node.chunks[-3:]]},
+               **stored_chunks(node.chunks)},
     )
 
 
@@ -511,7 +502,7 @@ def open_image(
     if fmt == "n5":
         data, found, found_unit, stored = n5.open_n5(path, level=level)
         dims: tuple[str, ...] = ("z", "y", "x")
-        extra["stored_chunks"] = [int(c) for c in stored]
+        extra = stored_chunks(stored)
     elif fmt == "tiff-folder":
         data, dims, vs = tiff.read_tiff_folder(path)
         found, found_unit = (vs.spacing, vs.unit) if vs else (None, None)

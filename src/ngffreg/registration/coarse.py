@@ -181,12 +181,11 @@ def coarse_register(
         transform, inverse = result.transform, result.inverse
     else:
         transform, inverse = Identity(), Identity()
-    deformable: dict[str, Any] = {"initial": initial} if initial else {}
+    deformable: dict[str, Any] = {}
     if engine:
         transform, inverse, deformable = _run_greedy(
             fixed, moving, transform, inverse, engine, nonlinear_accuracy,
             _mask_on(fixed_mask, fixed))
-        deformable = {**deformable, **({"initial": initial} if initial else {})}
     seconds = time.perf_counter() - t0
     before = ncc(fixed.values, warp(moving, Identity(), like=fixed).values)
     after = ncc(fixed.values, warp(moving, transform, like=fixed).values)
@@ -196,7 +195,8 @@ def coarse_register(
                "ncc_before": before, "ncc_after": after, "seconds": seconds,
                "overlap": overlap, "backend": backend,
                "stages": [getattr(s, "transform", s) for s in stages] + (
-                   [engine] if engine else []), **deformable}
+                   [engine] if engine else []), **deformable,
+               **({"initial": initial} if initial else {})}
     if overlap < 0.05:
         raise InputError(
             f"After the coarse step only {overlap:.1%} of the fixed image's foreground maps "
