@@ -115,6 +115,24 @@ def test_block_tasks_carry_references_not_volumes(tmp_path):
     assert len(pickle.dumps((register_block, plan.blocks[-1], *args))) < 64 * 2**10
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or os.cpu_count() < 2,
+                    reason="needs CPU affinity and at least 2 CPUs")
+def test_default_workers_follow_the_cpus_the_process_may_use():
+    """A run pinned to one CPU (taskset, a cgroup cpuset, a batch allocation) starts one
+    worker, not one per CPU of the machine: checked in a child process really pinned."""
+    code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "from ngffreg.registration.execution import usable_cpus, plan_resources; "
+            "from ngffreg.registration.resolve import default_workers; "
+            "print(usable_cpus(), default_workers(64), plan_resources('16 GiB').workers)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=ENV, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "1", "1"]
+    from ngffreg.registration.execution import usable_cpus
+
+    assert usable_cpus() == len(os.sched_getaffinity(0))
+
+
 def test_memory_budget_sets_workers_and_block_size():
     from ngffreg.blocks import block_bytes
     from ngffreg.registration.execution import MAIN_BASE_BYTES, plan_resources

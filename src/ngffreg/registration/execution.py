@@ -103,6 +103,15 @@ def stage_limits(resources: Resources | None) -> Iterator[None]:
         yield
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity set (``taskset``, cgroup cpusets,
+    a batch scheduler's allocation), not the machine's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity on this platform (macOS, Windows)
+        return max(1, os.cpu_count() or 1)
+
+
 def plan_resources(memory_budget: Any, *, workers: int | None = None,
                    chunk_size: Any = None, overlap_fraction: float = 0.25,
                    cpus: int | None = None) -> Resources:
@@ -112,13 +121,13 @@ def plan_resources(memory_budget: Any, *, workers: int | None = None,
     The main process keeps :data:`MAIN_BASE_BYTES`; each worker needs
     :func:`ngffreg.blocks.block_bytes` for its block. With ``chunk_size`` ``None`` or
     ``"auto"`` the block is the largest (≤ :data:`MAX_AUTO_BLOCK`) that lets ``workers``
-    (default: the number of CPUs) run at once, shrinking to :data:`MIN_AUTO_BLOCK` before
-    running fewer workers; an explicit ``chunk_size`` (voxels) fixes the block and the
-    budget sets how many run at once. A budget too small for one block is refused with the
-    smallest that would do.
+    (default: the CPUs this process may use, :func:`usable_cpus`) run at once, shrinking
+    to :data:`MIN_AUTO_BLOCK` before running fewer workers; an explicit ``chunk_size``
+    (voxels) fixes the block and the budget sets how many run at once. A budget too small
+    for one block is refused with the smallest that would do.
     """
     budget = parse_bytes(memory_budget)
-    cpus = max(1, int(cpus or os.cpu_count() or 1))
+    cpus = max(1, int(cpus or usable_cpus()))
     wanted = max(1, int(workers)) if workers else cpus
     room = budget - MAIN_BASE_BYTES
     auto = chunk_size is None or (isinstance(chunk_size, str) and chunk_size == "auto")
@@ -242,7 +251,7 @@ def _announce(client: Any, log: Any) -> None:
 
 
 __all__ = ["ClusterError", "OnDemandCluster", "Resources", "block_client", "connect",
-           "plan_resources", "stage_limits"]
+           "plan_resources", "stage_limits", "usable_cpus"]
 
 
 def run_on_cluster(client: Any, task: Any, items: list[Any], args: tuple[Any, ...], *,

@@ -9,7 +9,6 @@ decide whether it may resume.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,16 +125,16 @@ def pass_levels(fixed_levels: list[xr.DataArray], fine: int, chunk_size: Any,
 
 
 def default_workers(block: Any, overlap_fraction: float = 0.25) -> int:
-    """Block workers when none are asked for: one per CPU, as many as 80 % of the
-    available memory holds (besides the main process)."""
+    """Block workers when none are asked for: one per CPU this process may use, as many
+    as 80 % of the available memory holds (besides the main process)."""
     import psutil
 
     from ..blocks import block_bytes
-    from .execution import MAIN_BASE_BYTES
+    from .execution import MAIN_BASE_BYTES, usable_cpus
 
     room = 0.8 * psutil.virtual_memory().available - MAIN_BASE_BYTES
     fit = int(room // block_bytes(block, overlap_fraction))
-    return max(1, min(os.cpu_count() or 1, fit))
+    return max(1, min(usable_cpus(), fit))
 
 
 def _picklable(method: Any) -> bool:
