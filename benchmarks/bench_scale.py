@@ -277,12 +277,34 @@ def run_one(folder: Path, args: argparse.Namespace, chunk: int) -> dict:
     return res
 
 
+#: Settings that must match for runs of two records to be judged together.
+SAME_SETTINGS = ("base_level", "defaults", "chunk_size", "fine_accuracy", "fine_level",
+                 "coarse_factor", "workers", "memory_budget")
+
+
+def earlier_runs(records: list[dict], record: dict) -> list[dict]:
+    """The latest successful run of each factor not in ``record``, from earlier records
+    at the same settings (each marked ``earlier`` with its record's date and commit)."""
+    have = {r["factor"] for r in record["runs"]}
+    found: dict[int, dict] = {}
+    for old in reversed(records):
+        if any(old.get(k) != record.get(k) for k in SAME_SETTINGS):
+            continue
+        for r in old.get("runs", []):
+            if r["factor"] not in have and r["factor"] not in found and not r.get("failed"):
+                found[r["factor"]] = {**r, "earlier": {"date": old["date"],
+                                                       "code": old.get("code")}}
+    return [found[f] for f in sorted(found)]
+
+
 def table(runs: list[dict]) -> str:
     rows = ["| factor | shape | voxels | blocks | register s | s / M voxel | peak RSS GiB | "
             "TRE median µm (voxel) | TRE p95 µm (voxel) |",
             "|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         shape = " × ".join(str(n) for n in r["shape"])
+        if r.get("earlier"):
+            shape += f" (run {r['earlier']['date']})"
         if r.get("failed"):
             rows.append(f"| {r['factor']}× | {shape} | {r['voxels']:,} | failed | | | "
                         f"{r.get('peak_rss_gib', float('nan')):.2f} | | |")
@@ -405,6 +427,10 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--cases-only", action="store_true", help="build the cases, run nothing")
     p.add_argument("--keep-output", action="store_true", help="keep the registered stores")
+    p.add_argument("--with-earlier", action="store_true",
+                   help="judge the goals, table and figure with the latest earlier runs of "
+                        "the other factors at the same settings (from results/scale.json), "
+                        "e.g. a long 64x run made on its own after 1x and 8x")
     p.add_argument("--defaults", action="store_true",
                    help="register at ngffreg's defaults (issue 17); --chunk-size, "
                         "--fine-accuracy, --fine-level, --coarse-factor and --workers unused")
@@ -447,6 +473,8 @@ def main() -> None:
     RESULTS.parent.mkdir(exist_ok=True)
     old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
     RESULTS.write_text(json.dumps([*old, record], indent=1, default=float) + "\n")
+    if args.with_earlier:
+        runs = sorted(earlier_runs(old, record) + runs, key=lambda r: r["voxels"])
     figure(runs, f"bench_scale: brain level {level} × {factors}, "
                  + ("ngffreg at its defaults" if args.defaults else
                     f"blocks of {chunk}, fine_accuracy={args.fine_accuracy}, "

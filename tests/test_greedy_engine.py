@@ -169,3 +169,94 @@ def test_bad_input_is_refused_with_advice(pair):
             GreedyOptions(**bad)
     # physical smoothing widths are accepted
     GreedyOptions(sigma_update="3 um", sigma_field="1.5 micrometer")
+
+
+def test_inside_windows_keeps_voxels_whose_window_is_covered():
+    from ngffreg.registration.greedy import inside_windows
+
+    covered = np.zeros((9, 10, 12), dtype=bool)
+    covered[:, :, :7] = True  # data for x < 7
+    got = inside_windows(covered, (1, 2, 2))
+    assert got[:, :, :5].all() and not got[:, :, 5:].any()  # a radius-2 window reaches x + 2
+    assert inside_windows(np.ones((4, 4, 4), bool), 2).all()  # the array's own edge is no edge
+
+
+@pytest.fixture(scope="module")
+def half_covered():
+    """A textured block and its copy deformed by a known map S, both with data to their
+    edges; the tests cut the moving image (a round that imaged a shifted field)."""
+    from ngffreg.blocks import plan_blocks
+
+    # made on a larger field of view and cut, so that both images hold data to their edges
+    tex = _texture((48, 80, 88), seed=3) * 100 + 500
+    big = make_image(tex, spacing=SPACING, origin=(5.0, -3.0, 7.0), unit="um")
+    s = random_deformation(Grid.of(big), seed=2, coarse_amplitude=2.0, fine_amplitude=0.5)
+    moved = warp(big, s, like=big, interpolator="bSpline").compute()
+    box = {"z": slice(4, 44), "y": slice(8, 72), "x": slice(8, 80)}
+    fixed, moving = big.isel(box), moved.isel(box)
+    plan = plan_blocks(Grid.of(fixed), chunk_size=(40, 64, 72))
+    return fixed, moving, s, plan
+
+
+def test_a_block_at_the_image_border_is_judged_on_the_voxels_it_maps_to_data(half_covered):
+    """At the image's border the true map leads some voxels past the block's grid; the
+    judge leaves them out instead of comparing tissue with the zero fill there (every one
+    of the 74 rejected blocks of the EASI-FISH pair touched the image's border; judged
+    this way they gain, e.g. 0.745 → 0.837)."""
+    from ngffreg.registration.blockwise import register_block
+    from ngffreg.registration.methods import Greedy
+    from ngffreg.transforms import Identity
+
+    fixed, moving, _, plan = half_covered
+    rec = register_block(plan.blocks[0], plan, fixed, moving, Identity(), Greedy())
+    assert rec["status"] == "ok", rec["message"]
+    assert "covered" not in rec  # the moving image has data everywhere here
+    assert 0.8 < rec["judged"] < 1.0
+    assert rec["ncc_after"] > rec["ncc_before"] + 0.02
+
+
+def test_a_block_past_the_moving_edge_fits_its_data_and_leaves_the_rest(half_covered,
+                                                                         tmp_path):
+    """Voxels whose NCC window reaches past the moving image's edge exert no force (the
+    block method sees zeros there): next to the edge the fit stays good (TRE 2.1 µm
+    median at x 36–44 without this), the field past the edge stays as smooth and small as
+    the truth (6.5 µm there without it) and nothing folds."""
+    from ngffreg.qc import jacobian_determinant
+    from ngffreg.registration.blockwise import read_field, register_block
+    from ngffreg.registration.methods import Greedy
+    from ngffreg.transforms import DisplacementField, Identity
+
+    fixed, moving, s, plan = half_covered
+    moving = moving.isel(x=slice(0, 44))  # the moving round imaged x < 44 only
+    block = plan.blocks[0]
+    rec = register_block(block, plan, fixed, moving, Identity(), Greedy(), tmp_path)
+    assert rec["status"] == "ok", rec
+    assert rec["covered"] == pytest.approx(44 / 72, abs=0.02)
+    u = np.asarray(read_field(tmp_path, block.id)[...])
+    g = Grid.of(fixed)
+    field = DisplacementField.from_array(u, spacing=g.spacing, origin=g.origin, unit="um")
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in g.shape], indexing="ij"), -1)
+    idx = idx.reshape(-1, 3)
+    pts = g.points()
+    truth = s.apply_inverse(pts)
+    err = np.linalg.norm(field.apply(pts) - truth, axis=1)
+    inner = (idx[:, 0] >= 4) & (idx[:, 0] < 36) & (idx[:, 1] >= 8) & (idx[:, 1] < 56)
+    near_edge = inner & (idx[:, 2] >= 36) & (idx[:, 2] < 44)
+    assert np.median(err[inner & (idx[:, 2] >= 8) & (idx[:, 2] < 36)]) < 0.15
+    assert np.median(err[near_edge]) < 0.6, np.median(err[near_edge])
+    largest_true = np.linalg.norm(truth - pts, axis=1).max()
+    past = np.sqrt((u[..., 48:] ** 2).sum(axis=0)).max()
+    assert past < largest_true, (past, largest_true)
+    assert jacobian_determinant(u, g.spacing).min() > 0.4
+
+
+def test_a_block_mostly_past_the_moving_edge_declines(half_covered):
+    from ngffreg.registration.blockwise import register_block
+    from ngffreg.registration.methods import Greedy
+    from ngffreg.transforms import Identity
+
+    fixed, moving, _, plan = half_covered
+    rec = register_block(plan.blocks[0], plan, fixed, moving.isel(x=slice(0, 8)), Identity(),
+                         Greedy())  # 8 of 72 columns
+    assert rec["status"] == "declined"
+    assert "moving image covers" in rec["message"]

@@ -148,11 +148,15 @@ def _register_block(
             raise RuntimeError("the block maps outside the moving image")
         record["moving_region"] = [[s.start, s.stop] for s in region]
         moving_part = load(moving.isel(z=region[0], y=region[1], x=region[2]))
-        prewarped = load(warp(moving_part, initial, like=bgrid, interpolator=PREWARP_INTERPOLATOR))
+        prewarped, covered = prewarp(moving_part, initial, bgrid)
         core = core_slices(block.core, block.region)
-        before = ncc(fixed_block.values[core], prewarped.values[core])
+        judged = None
+        if covered is not None:
+            record["covered"] = float(covered[core].mean())
+            judged = covered[core]
+        before = ncc(fixed_block.values[core], prewarped.values[core], judged)
         info = BlockInfo(block.id, block.index, block.core, block.region, plan.level,
-                         units(fixed))
+                         units(fixed), covered)
         t1 = time.perf_counter()
         result = call_method(method, fixed_block, prewarped, initial, info)
         record["method_seconds"] = time.perf_counter() - t1
@@ -165,7 +169,8 @@ def _register_block(
             record.update(ncc_before=before, ncc_after=before, status="declined",
                           message=result.message or "declined by the block method")
         else:
-            field = _judge(result, record, fixed_block, prewarped, bgrid, core, before)
+            field = _judge(result, record, fixed_block, prewarped, bgrid, core, before,
+                           covered)
     except Exception as exc:  # a block's failure is recorded, never fatal to the run
         record.update(status="failed", message=f"{type(exc).__name__}: {exc}",
                       traceback=traceback.format_exc(limit=4))
@@ -177,12 +182,32 @@ def _register_block(
     return record
 
 
+def prewarp(moving_part: xr.DataArray, initial: Transform,
+            bgrid: Grid) -> tuple[xr.DataArray, np.ndarray | None]:
+    """The moving region resampled onto the block grid through ``initial``, and where the
+    moving image has data there (``None`` when it has data everywhere). Where it has none
+    (the block maps past the moving image's edge, e.g. a round that imaged a shifted
+    field) the image is zero, as block methods expect; the mask lets methods and the
+    judge leave those voxels out instead of matching tissue against an empty edge."""
+    out = load(warp(moving_part, initial, like=bgrid, interpolator=PREWARP_INTERPOLATOR,
+                    fill_value=np.nan, dtype=np.float32))
+    covered = np.isfinite(out.values)
+    if covered.all():
+        return out, None
+    return out.fillna(0.0), covered
+
+
 def _judge(result: BlockResult, record: dict[str, Any], fixed_block: xr.DataArray,
            prewarped: xr.DataArray, bgrid: Grid, core: tuple[slice, ...],
-           before: float) -> np.ndarray:
+           before: float, covered: np.ndarray | None = None) -> np.ndarray:
     """The residual field of an answer that is not declined, measured into ``record``
     (correlation after, Jacobian range, largest displacement) with its status: ``ok``, or
-    ``rejected`` when it folds or lowers the correlation. Raises for a failed answer."""
+    ``rejected`` when it folds or lowers the correlation. Raises for a failed answer.
+
+    The correlation after is taken over the core voxels whose residual reads only moving
+    data (``record["judged"]``: their share): inside the block's grid and, with
+    ``covered`` (where the pre-warped block has moving data), inside that; ``before`` was
+    taken over the covered core voxels."""
     if result.status != "ok" or result.transform is None:
         raise RuntimeError(result.message or f"the block method answered {result.status}")
     residual = result.transform
@@ -190,7 +215,15 @@ def _judge(result: BlockResult, record: dict[str, Any], fixed_block: xr.DataArra
     if result.valid is not None:
         field = np.where(np.asarray(result.valid, dtype=bool)[None], field, 0.0)
     after_img = load(warp(prewarped, residual, like=bgrid, interpolator="linear"))
-    after = ncc(fixed_block.values[core], after_img.values[core])
+    # judged only where the residual reads data: not past the block's grid (at the
+    # image's border) nor past the moving image's edge, whose zero fill is no data
+    data = np.ones(bgrid.shape, np.float32) if covered is None else covered.astype(np.float32)
+    reach = load(warp(prewarped.copy(data=data), residual, like=bgrid, interpolator="linear"))
+    judged = reach.values[core] >= 1.0 - 1e-4
+    if covered is not None:
+        judged &= covered[core]
+    record["judged"] = float(judged.mean())
+    after = ncc(fixed_block.values[core], after_img.values[core], judged)
     jac = jacobian_determinant(field, bgrid.spacing, bgrid.direction)[core]
     record.update(ncc_before=before, ncc_after=after, jacobian_min=float(jac.min()),
                   core_mean=[float(v) for v in
