@@ -204,10 +204,9 @@ def _judge(result: BlockResult, record: dict[str, Any], fixed_block: xr.DataArra
     (correlation after, Jacobian range, largest displacement) with its status: ``ok``, or
     ``rejected`` when it folds or lowers the correlation. Raises for a failed answer.
 
-    The correlation after is taken over the core voxels whose residual reads only moving
+    Both correlations are taken over the core voxels whose residual reads only moving
     data (``record["judged"]``: their share): inside the block's grid and, with
-    ``covered`` (where the pre-warped block has moving data), inside that; ``before`` was
-    taken over the covered core voxels."""
+    ``covered`` (where the pre-warped block has moving data), inside that."""
     if result.status != "ok" or result.transform is None:
         raise RuntimeError(result.message or f"the block method answered {result.status}")
     residual = result.transform
@@ -223,6 +222,8 @@ def _judge(result: BlockResult, record: dict[str, Any], fixed_block: xr.DataArra
     if covered is not None:
         judged &= covered[core]
     record["judged"] = float(judged.mean())
+    if not judged.all():  # before and after on the same voxels
+        before = ncc(fixed_block.values[core], prewarped.values[core], judged)
     after = ncc(fixed_block.values[core], after_img.values[core], judged)
     jac = jacobian_determinant(field, bgrid.spacing, bgrid.direction)[core]
     record.update(ncc_before=before, ncc_after=after, jacobian_min=float(jac.min()),
