@@ -210,7 +210,7 @@ def run_case(folder: Path, out: Path, chunk: int, accuracy: str, workers: int,
     for b in r.blocks:
         statuses[b["status"]] = statuses.get(b["status"], 0) + 1
     flagged = [{"id": b["id"], "status": b["status"], "message": str(b.get("message"))[:300]}
-               for b in r.blocks if b["status"] not in ("ok", "skipped")]
+               for b in r.blocks if b["status"] not in ("ok", "skipped", "declined")]
     result = {
         "register_s": seconds, "timings": r.timings, "tre_s": time.perf_counter() - t,
         "tre_points": len(pts), "tre_level": tre_level, "tre_level_shape": tre_shape,
@@ -221,12 +221,15 @@ def run_case(folder: Path, out: Path, chunk: int, accuracy: str, workers: int,
         "coarse_shape": r.coarse.metrics.get("fixed_shape"),
         "blocks": len(r.blocks), "block_status": statuses, "flagged_blocks": flagged,
         "plan_block_size": list(r.plan.size) if r.plan is not None else None,
+        "memory_gib": getattr(r, "memory", None),  # peak per stage (process tree)
         "memory_budget_passed": bool(budget and accepts_budget),
         "register_accepts_memory_budget": accepts_budget,
     }
     if not keep:
         shutil.rmtree(out, ignore_errors=True)
-    print("RESULT " + json.dumps(result, default=float), flush=True)
+    # to a file: with thousands of blocks the line outgrows the log tail the parent keeps
+    (folder / "result.json").write_text(json.dumps(result, default=float))
+    print("RESULT written", flush=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -262,6 +265,7 @@ def run_one(folder: Path, args: argparse.Namespace, chunk: int) -> dict:
            "1" if args.keep_output else "0", "1" if args.defaults else "0"]
     for stale in folder.glob(out.name + "*"):  # a run's output and its .partial: start clean
         shutil.rmtree(stale, ignore_errors=True)
+    (folder / "result.json").unlink(missing_ok=True)
     try:
         res = run_sampled(cmd, label=folder.name)
     except SystemExit as exc:  # the child failed: record it, go on with the other sizes
@@ -271,9 +275,8 @@ def run_one(folder: Path, args: argparse.Namespace, chunk: int) -> dict:
         if not args.keep_output:
             for stale in folder.glob(out.name + "*"):
                 shutil.rmtree(stale, ignore_errors=True)
-    out_line = next((json.loads(line[7:]) for line in res.get("log", "").splitlines()
-                     if line.startswith("RESULT ")), None)
-    res.update(out_line or {"failed": True})
+    found = folder / "result.json"
+    res.update(json.loads(found.read_text()) if found.is_file() else {"failed": True})
     return res
 
 

@@ -71,6 +71,48 @@ def test_phantom_blocks_run_and_report(phantom_run):
 
 
 @pytest.mark.slow
+def test_peak_memory_is_recorded_per_stage(phantom_run):
+    """Every stage's peak (this process and its workers) is in the result and in
+    qc/summary.json (test_stage_memory_counts_child_processes: workers count)."""
+    import json
+
+    import psutil
+
+    result, out = phantom_run
+    stages = {"coarse", "blocks", "blend", "warp", "report"}
+    assert set(result.memory) == {*stages, "publish"}
+    summary = json.loads((out / "qc" / "summary.json").read_text())
+    assert summary["memory_gib"] == {k: result.memory[k] for k in stages}
+    assert all(0.05 < v < psutil.virtual_memory().total / 2**30 for v in result.memory.values())
+
+
+def test_stage_memory_counts_child_processes():
+    """A child process that holds 400 MB during stage b shows in b's peak, not in a's."""
+    import subprocess
+    import sys
+    import time
+
+    from ngffreg.registration.execution import StageMemory
+
+    watch = StageMemory(interval=0.05)
+    with watch.watching() as peaks:
+        watch.stage("a")
+        time.sleep(0.3)
+        watch.stage("b")
+        child = subprocess.Popen([sys.executable, "-c", "import time; b = bytearray(400 * 2**20)"
+                                  "; b[::4096] = b'x' * len(b[::4096]); time.sleep(1.5)"])
+        child.wait(timeout=60)
+        watch.stage("c")
+    assert peaks["b"] - peaks["a"] > 0.3, peaks
+    assert peaks["c"] < peaks["b"] - 0.3, peaks
+    with watch.watching() as again:  # a second watch starts afresh
+        watch.stage("d")
+    assert set(again) == {"d"}
+    watch.stage("e")  # nothing watches: a no-op
+    assert "e" not in again
+
+
+@pytest.mark.slow
 def test_output_store_is_complete_and_readable_without_ngffreg(phantom_run, data_dir, tmp_path):
     """The store holds the registered image, the NGFF transform (a spec-only reader maps
     points like transform-points), the QC table, the block results and ANTs files that

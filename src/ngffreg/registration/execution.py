@@ -103,6 +103,76 @@ def stage_limits(resources: Resources | None) -> Iterator[None]:
         yield
 
 
+class StageMemory:
+    """Peak resident memory of this process and its child processes (the workers of a
+    LocalCluster started here; not those of a cluster elsewhere), per stage of a run,
+    sampled every ``interval`` seconds by a daemon thread while :meth:`watching`.
+
+    ``stage(name)`` starts a stage (a no-op when nothing watches), so that the stages can
+    be marked where they begin without passing the watcher around; one run watches at a
+    time (:data:`STAGE_MEMORY`)."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self._current: str | None = None
+        self._peaks: dict[str, int] = {}
+        self._out: dict[str, float] = {}
+        self._stop: Any = None
+
+    def stage(self, name: str) -> None:
+        if self._stop is not None:
+            self._current = name
+            self._sample()
+
+    def _sample(self) -> None:
+        import psutil
+
+        try:
+            me = psutil.Process()
+            total = me.memory_info().rss
+            for child in me.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    total += child.memory_info().rss
+        except psutil.Error:  # pragma: no cover - the process is ending
+            return
+        name = self._current
+        if name is not None and total > self._peaks.get(name, 0):
+            self._peaks[name] = total
+            self._out[name] = round(total / 2**30, 3)
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[dict[str, float]]:
+        """Watch until the block ends; yields the peaks so far (GiB per stage, kept up to
+        date while it watches). A nested call watches nothing more and yields an empty
+        dict."""
+        import threading
+
+        if self._stop is not None:
+            yield {}
+            return
+        out: dict[str, float] = {}
+        self._peaks, self._out, self._current = {}, out, None
+        self._stop = threading.Event()
+
+        def run() -> None:
+            while not self._stop.wait(self.interval):
+                self._sample()
+
+        thread = threading.Thread(target=run, name="ngffreg-stage-memory", daemon=True)
+        thread.start()
+        try:
+            yield out
+        finally:
+            self._sample()
+            self._stop.set()
+            thread.join()
+            self._stop = None
+
+
+#: The watcher :func:`~ngffreg.registration.register.register` uses.
+STAGE_MEMORY = StageMemory()
+
+
 def usable_cpus() -> int:
     """The CPUs this process may run on: its affinity set (``taskset``, cgroup cpusets,
     a batch scheduler's allocation), not the machine's count."""
@@ -250,8 +320,18 @@ def _announce(client: Any, log: Any) -> None:
     (log or (lambda m: print(m, file=sys.stderr, flush=True)))(msg)
 
 
-__all__ = ["ClusterError", "OnDemandCluster", "Resources", "block_client", "connect",
-           "plan_resources", "stage_limits", "usable_cpus"]
+__all__ = [
+    "STAGE_MEMORY",
+    "ClusterError",
+    "OnDemandCluster",
+    "Resources",
+    "StageMemory",
+    "block_client",
+    "connect",
+    "plan_resources",
+    "stage_limits",
+    "usable_cpus",
+]
 
 
 def run_on_cluster(client: Any, task: Any, items: list[Any], args: tuple[Any, ...], *,

@@ -44,7 +44,7 @@ from ..transforms import DisplacementField, Sequence, Transform, sample_field, s
 from ..warp import choose_moving_level
 from .blockwise import block_table, run_blocks
 from .coarse import CoarseResult, coarse_register, image_levels
-from .execution import block_client, stage_limits
+from .execution import STAGE_MEMORY, block_client, stage_limits
 from .options import RegistrationOptions
 from .reduce import blend, choose_factor
 from .resolve import RunPlan, default_workers, resolve, run_params
@@ -75,6 +75,10 @@ class RegistrationResult:
     fine_report: dict[str, Any] = field(default_factory=dict)
     n_fine: int = 1
     inputs: dict[str, Any] = field(default_factory=dict)
+    #: Peak resident memory (GiB) of this process and its child processes per stage
+    #: (coarse, blocks, blend, warp, report with the ANTs export, publish), complete once
+    #: :func:`register` returns.
+    memory: dict[str, float] = field(default_factory=dict)
     keepalive: Any = field(default=None, repr=False, compare=False)
 
     @property
@@ -143,6 +147,7 @@ def register(
     timings: dict[str, float] = {}
     try:
         with contextlib.ExitStack() as stack:
+            memory = stack.enter_context(STAGE_MEMORY.watching())  # peak per stage
             stack.enter_context(stage_limits(plan.resources))  # blend, warp, QC threads
             if opts.scheduler_address and client is None:
                 # reach the cluster before any work: a wrong address fails in seconds; the
@@ -150,6 +155,7 @@ def register(
                 client = stack.enter_context(block_client(1, address=opts.scheduler_address,
                                                           log=log))
             t0 = time.perf_counter()
+            STAGE_MEMORY.stage("coarse")
             coarse = store.load_coarse() or store.save_coarse(coarse_register(
                 fixed_levels, moving_levels, linear_type=opts.linear_type,
                 nonlinear_type=opts.nonlinear_type_coarse, linear_accuracy=opts.linear_accuracy,
@@ -164,7 +170,7 @@ def register(
                       "moving": _input_record(moving, moving_voxel_size, unit)}
             result = RegistrationResult(passes.transform, coarse, passes.plan, passes.records,
                                         None, timings, passes.fine, passes.fine_report,
-                                        max(1, passes.n_fine), inputs)
+                                        max(1, passes.n_fine), inputs, memory)
             if output is None:
                 timings["total_s"] = time.perf_counter() - t_start
                 return dataclasses.replace(result, keepalive=store.keepalive)
@@ -218,6 +224,7 @@ def block_passes(fixed_levels: list[xr.DataArray], moving_levels: list[xr.DataAr
                       log=log or (lambda message: None)) as cluster:
         for k, (level, size) in enumerate(plan.passes):
             t0 = time.perf_counter()
+            STAGE_MEMORY.stage(f"blocks{'' if one else k}")
             pass_work = work if one else work / f"pass{k}"
             block_plan, pass_records = run_pass(
                 fixed_levels, moving_levels, level, size, opts.overlap_fraction, foreground,
@@ -228,6 +235,7 @@ def block_passes(fixed_levels: list[xr.DataArray], moving_levels: list[xr.DataAr
                 r["pass"] = k
             timings[f"blocks_s{'' if one else k}"] = time.perf_counter() - t0
             t0 = time.perf_counter()
+            STAGE_MEMORY.stage(f"blend{'' if one else k}")
             field_k, fine_report = blend_pass(block_plan, pass_records, pass_work,
                                               opts.blend_sigma, "fine" if one else f"fine{k}",
                                               factor=opts.field_factor, scheduler=client)
@@ -250,11 +258,13 @@ def _write_output(result: RegistrationResult, store: RunStore, fixed_levels: lis
     from ..warp import write_warped
 
     t0 = time.perf_counter()
+    STAGE_MEMORY.stage("warp")
     staged = store.staged()
     write_warped(moving_levels, result.transform, staged, like=fixed_levels[0],
                  interpolator=opts.interpolator, progress=bool(progress), scheduler=scheduler)
     result.timings["warp_s"] = time.perf_counter() - t0
     result.timings["total_s"] = time.perf_counter() - t_start
+    STAGE_MEMORY.stage("report")
     _write_extras(staged, store.work, result, opts.export_ants, (fixed_levels, moving_levels))
     output = store.publish(staged)
     stored = read_registration(output)
@@ -365,7 +375,8 @@ def _write_extras(output: Path, work: Path, result: RegistrationResult,
     for r in result.blocks:
         statuses[r["status"]] = statuses.get(r["status"], 0) + 1
     summary = {"coarse": result.coarse.metrics, "coarse_level": result.coarse.fixed_level,
-               "blocks": statuses, "timings": result.timings, "fine_field": result.fine_report,
+               "blocks": statuses, "timings": result.timings,
+               "memory_gib": result.memory, "fine_field": result.fine_report,
                "flagged": [r["id"] for r in result.blocks
                            if r["status"] in ("failed", "rejected")],
                "inputs": result.inputs, "figures": []}
@@ -376,6 +387,11 @@ def _write_extras(output: Path, work: Path, result: RegistrationResult,
         export_ants = fine is None or int(np.prod(fine.grid.shape)) <= ANTS_EXPORT_MAX_VOXELS
     if export_ants:
         export_ants_transforms(result, output / "transforms")
+    # the report's own peak, now that it is done (the report rewrote the summary)
+    STAGE_MEMORY.stage("publish")
+    doc = json.loads((qc / "summary.json").read_text())
+    doc["memory_gib"] = {k: v for k, v in result.memory.items() if k != "publish"}
+    (qc / "summary.json").write_text(json.dumps(doc, indent=1, default=float))
 
 
 def _figures(qc: Path, result: RegistrationResult,
