@@ -260,3 +260,19 @@ def test_a_block_mostly_past_the_moving_edge_declines(half_covered):
                          Greedy())  # 8 of 72 columns
     assert rec["status"] == "declined"
     assert "moving image covers" in rec["message"]
+
+
+def test_the_judge_finds_voxels_led_past_the_grid_along_its_own_axes():
+    """A world-space shift along x on a grid whose y axis points along world x leads the
+    last y layer past the grid, and nothing else."""
+    from ngffreg.registration.blockwise import _lands_inside
+
+    direction = np.array([[1.0, 0, 0], [0, 0, 1], [0, 1, 0]])
+    g = Grid((4, 5, 6), (2.0, 3.0, 1.0), (0.0, 0.0, 0.0), direction, "um")
+    shift = np.zeros((3, *g.shape))
+    shift[2] = 3.0  # world x: one voxel along the grid's y axis (spacing 3)
+    inside = _lands_inside(shift, g)
+    assert not inside[:, -1, :].any() and inside[:, :-1, :].all()
+    shift[2] = -0.5  # half a voxel back: the first y layer
+    inside = _lands_inside(shift, g)
+    assert not inside[:, 0, :].any() and inside[:, 1:, :].all()

@@ -216,11 +216,12 @@ def _judge(result: BlockResult, record: dict[str, Any], fixed_block: xr.DataArra
     after_img = load(warp(prewarped, residual, like=bgrid, interpolator="linear"))
     # judged only where the residual reads data: not past the block's grid (at the
     # image's border) nor past the moving image's edge, whose zero fill is no data
-    data = np.ones(bgrid.shape, np.float32) if covered is None else covered.astype(np.float32)
-    reach = load(warp(prewarped.copy(data=data), residual, like=bgrid, interpolator="linear"))
-    judged = reach.values[core] >= 1.0 - 1e-4
-    if covered is not None:
-        judged &= covered[core]
+    if covered is None:
+        judged = _lands_inside(field, bgrid)[core]
+    else:
+        reach = load(warp(prewarped.copy(data=covered.astype(np.float32)), residual,
+                          like=bgrid, interpolator="linear"))
+        judged = covered[core] & (reach.values[core] >= 1.0 - 1e-4)
     record["judged"] = float(judged.mean())
     if not judged.all():  # before and after on the same voxels
         before = ncc(fixed_block.values[core], prewarped.values[core], judged)
@@ -239,6 +240,21 @@ def _judge(result: BlockResult, record: dict[str, Any], fixed_block: xr.DataArra
     else:
         record.update(status="ok", message="")
     return field
+
+
+def _lands_inside(field: np.ndarray, grid: Grid) -> np.ndarray:
+    """Where ``x + field(x)`` (a world-space displacement, 3 × z, y, x) stays within the
+    grid's voxel centres: the voxels a warp onto ``grid`` reads from its own data."""
+    d = np.asarray(field, dtype=np.float64)
+    if not grid.is_axis_aligned:  # world components → along the grid's axes
+        d = np.einsum("ji,j...->i...", grid.direction, d)
+    inside = np.ones(grid.shape, dtype=bool)
+    for k, n in enumerate(grid.shape):
+        shape = [1, 1, 1]
+        shape[k] = n
+        pos = np.arange(n, dtype=np.float64).reshape(shape) + d[k] / grid.spacing[k]
+        inside &= (pos >= -1e-6) & (pos <= n - 1 + 1e-6)
+    return inside
 
 
 def _plain(value: Any) -> Any:
