@@ -204,9 +204,12 @@ def _judge(result: BlockResult, record: dict[str, Any], fixed_block: xr.DataArra
     (correlation after, Jacobian range, largest displacement) with its status: ``ok``, or
     ``rejected`` when it folds or lowers the correlation. Raises for a failed answer.
 
-    Both correlations are taken over the core voxels whose residual reads only moving
-    data (``record["judged"]``: their share): inside the block's grid and, with
-    ``covered`` (where the pre-warped block has moving data), inside that."""
+    The correlation after is the output's: a voxel that the residual leads off the moving
+    data (past the block's grid at the image's border, or past the moving image's edge)
+    reads the zero fill, as it would in the registered image, and counts. With
+    ``covered`` (where the pre-warped block has moving data) both correlations are taken
+    over the covered core voxels. ``record["on_data"]``: the share of core voxels whose
+    residual reads moving data (below 1, it explains a rejection at an edge)."""
     if result.status != "ok" or result.transform is None:
         raise RuntimeError(result.message or f"the block method answered {result.status}")
     residual = result.transform
@@ -214,17 +217,13 @@ def _judge(result: BlockResult, record: dict[str, Any], fixed_block: xr.DataArra
     if result.valid is not None:
         field = np.where(np.asarray(result.valid, dtype=bool)[None], field, 0.0)
     after_img = load(warp(prewarped, residual, like=bgrid, interpolator="linear"))
-    # judged only where the residual reads data: not past the block's grid (at the
-    # image's border) nor past the moving image's edge, whose zero fill is no data
-    if covered is None:
-        judged = _lands_inside(field, bgrid)[core]
-    else:
+    judged = None if covered is None else covered[core]
+    on_data = _lands_inside(field, bgrid)[core]
+    if covered is not None:
         reach = load(warp(prewarped.copy(data=covered.astype(np.float32)), residual,
                           like=bgrid, interpolator="linear"))
-        judged = covered[core] & (reach.values[core] >= 1.0 - 1e-4)
-    record["judged"] = float(judged.mean())
-    if not judged.all():  # before and after on the same voxels
-        before = ncc(fixed_block.values[core], prewarped.values[core], judged)
+        on_data &= reach.values[core] >= 1.0 - 1e-4
+    record["on_data"] = float(on_data.mean())
     after = ncc(fixed_block.values[core], after_img.values[core], judged)
     jac = jacobian_determinant(field, bgrid.spacing, bgrid.direction)[core]
     record.update(ncc_before=before, ncc_after=after, jacobian_min=float(jac.min()),
