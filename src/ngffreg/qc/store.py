@@ -117,9 +117,9 @@ def _status(record: dict[str, Any] | None) -> str:
 
 def block_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One flat row per block for the QC table."""
-    keys = ("id", "index", "status", "foreground", "covered", "ncc_before", "ncc_after",
-            "on_data", "jacobian_min", "jacobian_max", "displacement_max", "held_out_before",
-            "held_out_after", "seconds", "method_seconds", "worker", "message")
+    keys = ("id", "index", "status", "foreground", "ncc_before", "ncc_after", "jacobian_min",
+            "jacobian_max", "displacement_max", "held_out_before", "held_out_after",
+            "seconds", "method_seconds", "worker", "message")
     return [{k: r.get(k) for k in keys} for r in records]
 
 

@@ -148,15 +148,11 @@ def _register_block(
             raise RuntimeError("the block maps outside the moving image")
         record["moving_region"] = [[s.start, s.stop] for s in region]
         moving_part = load(moving.isel(z=region[0], y=region[1], x=region[2]))
-        prewarped, covered = prewarp(moving_part, initial, bgrid)
+        prewarped = load(warp(moving_part, initial, like=bgrid, interpolator=PREWARP_INTERPOLATOR))
         core = core_slices(block.core, block.region)
-        judged = None
-        if covered is not None:
-            record["covered"] = float(covered[core].mean())
-            judged = covered[core]
-        before = ncc(fixed_block.values[core], prewarped.values[core], judged)
+        before = ncc(fixed_block.values[core], prewarped.values[core])
         info = BlockInfo(block.id, block.index, block.core, block.region, plan.level,
-                         units(fixed), covered)
+                         units(fixed))
         t1 = time.perf_counter()
         result = call_method(method, fixed_block, prewarped, initial, info)
         record["method_seconds"] = time.perf_counter() - t1
@@ -169,8 +165,7 @@ def _register_block(
             record.update(ncc_before=before, ncc_after=before, status="declined",
                           message=result.message or "declined by the block method")
         else:
-            field = _judge(result, record, fixed_block, prewarped, bgrid, core, before,
-                           covered)
+            field = _judge(result, record, fixed_block, prewarped, bgrid, core, before)
     except Exception as exc:  # a block's failure is recorded, never fatal to the run
         record.update(status="failed", message=f"{type(exc).__name__}: {exc}",
                       traceback=traceback.format_exc(limit=4))
@@ -182,34 +177,12 @@ def _register_block(
     return record
 
 
-def prewarp(moving_part: xr.DataArray, initial: Transform,
-            bgrid: Grid) -> tuple[xr.DataArray, np.ndarray | None]:
-    """The moving region resampled onto the block grid through ``initial``, and where the
-    moving image has data there (``None`` when it has data everywhere). Where it has none
-    (the block maps past the moving image's edge, e.g. a round that imaged a shifted
-    field) the image is zero, as block methods expect; the mask lets methods and the
-    judge leave those voxels out instead of matching tissue against an empty edge."""
-    out = load(warp(moving_part, initial, like=bgrid, interpolator=PREWARP_INTERPOLATOR,
-                    fill_value=np.nan, dtype=np.float32))
-    covered = np.isfinite(out.values)
-    if covered.all():
-        return out, None
-    return out.fillna(0.0), covered
-
-
 def _judge(result: BlockResult, record: dict[str, Any], fixed_block: xr.DataArray,
            prewarped: xr.DataArray, bgrid: Grid, core: tuple[slice, ...],
-           before: float, covered: np.ndarray | None = None) -> np.ndarray:
+           before: float) -> np.ndarray:
     """The residual field of an answer that is not declined, measured into ``record``
     (correlation after, Jacobian range, largest displacement) with its status: ``ok``, or
-    ``rejected`` when it folds or lowers the correlation. Raises for a failed answer.
-
-    The correlation after is the output's: a voxel that the residual leads off the moving
-    data (past the block's grid at the image's border, or past the moving image's edge)
-    reads the zero fill, as it would in the registered image, and counts. With
-    ``covered`` (where the pre-warped block has moving data) both correlations are taken
-    over the covered core voxels. ``record["on_data"]``: the share of core voxels whose
-    residual reads moving data (below 1, it explains a rejection at an edge)."""
+    ``rejected`` when it folds or lowers the correlation. Raises for a failed answer."""
     if result.status != "ok" or result.transform is None:
         raise RuntimeError(result.message or f"the block method answered {result.status}")
     residual = result.transform
@@ -217,14 +190,7 @@ def _judge(result: BlockResult, record: dict[str, Any], fixed_block: xr.DataArra
     if result.valid is not None:
         field = np.where(np.asarray(result.valid, dtype=bool)[None], field, 0.0)
     after_img = load(warp(prewarped, residual, like=bgrid, interpolator="linear"))
-    judged = None if covered is None else covered[core]
-    on_data = _lands_inside(field, bgrid)[core]
-    if covered is not None:
-        reach = load(warp(prewarped.copy(data=covered.astype(np.float32)), residual,
-                          like=bgrid, interpolator="linear"))
-        on_data &= reach.values[core] >= 1.0 - 1e-4
-    record["on_data"] = float(on_data.mean())
-    after = ncc(fixed_block.values[core], after_img.values[core], judged)
+    after = ncc(fixed_block.values[core], after_img.values[core])
     jac = jacobian_determinant(field, bgrid.spacing, bgrid.direction)[core]
     record.update(ncc_before=before, ncc_after=after, jacobian_min=float(jac.min()),
                   core_mean=[float(v) for v in
@@ -239,21 +205,6 @@ def _judge(result: BlockResult, record: dict[str, Any], fixed_block: xr.DataArra
     else:
         record.update(status="ok", message="")
     return field
-
-
-def _lands_inside(field: np.ndarray, grid: Grid) -> np.ndarray:
-    """Where ``x + field(x)`` (a world-space displacement, 3 × z, y, x) stays within the
-    grid's voxel centres: the voxels a warp onto ``grid`` reads from its own data."""
-    d = np.asarray(field, dtype=np.float64)
-    if not grid.is_axis_aligned:  # world components → along the grid's axes
-        d = np.einsum("ji,j...->i...", grid.direction, d)
-    inside = np.ones(grid.shape, dtype=bool)
-    for k, n in enumerate(grid.shape):
-        shape = [1, 1, 1]
-        shape[k] = n
-        pos = np.arange(n, dtype=np.float64).reshape(shape) + d[k] / grid.spacing[k]
-        inside &= (pos >= -1e-6) & (pos <= n - 1 + 1e-6)
-    return inside
 
 
 def _plain(value: Any) -> Any:

@@ -282,16 +282,10 @@ def invert_displacement(u: np.ndarray, spacing: np.ndarray, *, start: np.ndarray
 def register_arrays(fixed: np.ndarray, moving: np.ndarray, spacing: Any,
                     options: GreedyOptions | None = None, *, fixed_mask: np.ndarray | None = None,
                     moving_mask: np.ndarray | None = None, unit: str = "micrometer",
-                    hold_out: np.ndarray | None = None, judge: Any = None,
-                    covered: np.ndarray | None = None) -> dict[str, Any]:
+                    hold_out: np.ndarray | None = None, judge: Any = None) -> dict[str, Any]:
     """Register two (z, y, x) arrays on the same grid (``spacing`` z, y, x): returns
     ``{"u": forward displacement (3, z, y, x) along the grid axes in physical units,
     "inverse": its inverse or None, "levels": [...]}``.
-
-    ``covered``: where the moving array holds data (e.g. not past the moving image's
-    edge). At every level, voxels whose NCC window reaches outside it (at that level's
-    resolution) exert no force and are neither normalised over nor judged; the
-    displacement there follows its neighbours through the smoothing.
 
     ``hold_out``: voxels whose force is ignored (true = held out), so that the fit can be
     judged on them: the result then has ``"held_out": (before, after)``, the mean local
@@ -311,22 +305,16 @@ def register_arrays(fixed: np.ndarray, moving: np.ndarray, spacing: Any,
         mask *= (np.asarray(moving_mask) > 0)
     if hold_out is not None:
         mask *= ~np.asarray(hold_out, dtype=bool)
-    cover = None if covered is None else np.asarray(covered, dtype=np.float32)
-    usable = None if cover is None else inside_windows(cover > 0, options.radius)
-    f0 = _normalise(fixed, mask if usable is None else mask * usable)
-    m0 = _normalise(moving, mask if usable is None else mask * usable)
+    f0 = _normalise(fixed, mask)
+    m0 = _normalise(moving, mask)
     factors = level_factors(fixed.shape, spacing, len(options.iterations))
     # the pyramids, finest first, then used coarsest first
-    fs, ms, ks, cs = [f0], [m0], [mask], [cover]
+    fs, ms, ks = [f0], [m0], [mask]
     for i in range(len(factors) - 1, 0, -1):
         rel = factors[i - 1] // factors[i]
         fs.append(_shrink(fs[-1], rel))
         ms.append(_shrink(ms[-1], rel))
         ks.append(np.ascontiguousarray((_shrink(ks[-1], rel) > 0.5).astype(np.float32)))
-        if cover is not None:  # covered at a coarser level: no uncovered voxel blurred in
-            cs.append(np.ascontiguousarray((_shrink(cs[-1], rel) > 0.999).astype(np.float32)))
-    if cover is not None:
-        ks = [k * inside_windows(c > 0, options.radius) for k, c in zip(ks, cs, strict=True)]
     fs, ms, ks = fs[::-1], ms[::-1], ks[::-1]
     u = w = None  # the displacement, and the velocity (``options.velocity``)
     levels: list[dict[str, Any]] = []
@@ -344,9 +332,8 @@ def register_arrays(fixed: np.ndarray, moving: np.ndarray, spacing: Any,
             weight = np.zeros(fixed.shape, np.float32)
             box = tuple(slice(None) for _ in range(3)) if judge is None else judge
             weight[box] = np.asarray(hold_out, dtype=np.float32)[box]
-            for given in (fixed_mask, moving_mask, usable):
-                if given is not None:
-                    weight *= (np.asarray(given) > 0)
+            if fixed_mask is not None:
+                weight *= (np.asarray(fixed_mask) > 0)
             warped = np.empty_like(m0)
             K.warp_image(m0, u, spacing, warped)
             # judged on copies smoothed alike: interpolation blurs the warped image, which
@@ -453,18 +440,6 @@ def local_ncc(fixed: np.ndarray, moving: np.ndarray, radius: Any,
     return _ordered_sum(per) / total if total > 0 else float("nan")
 
 
-def inside_windows(covered: np.ndarray, radius: Any) -> np.ndarray:
-    """The voxels whose box window of half-width ``radius`` (one or z, y, x) lies wholly
-    inside ``covered`` (e.g. where the moving image has data): their local correlation
-    sees no voxel outside it."""
-    from scipy import ndimage
-
-    rad = np.broadcast_to(np.asarray(radius, dtype=np.int64), (3,))
-    return ndimage.minimum_filter(np.asarray(covered, dtype=np.uint8),
-                                  size=tuple(int(2 * r + 1) for r in rad),
-                                  mode="nearest").astype(bool)
-
-
 def hold_out_cells(shape: tuple[int, ...], cell: int = 4) -> np.ndarray:
     """A regular lattice of cubes of ``cell`` voxels, one cube in eight (every other cube
     along each axis): the voxels held out of a fit to judge it on."""
@@ -492,8 +467,7 @@ def greedy_register(fixed: xr.DataArray, moving: xr.DataArray,
                     options: GreedyOptions | None = None, *,
                     fixed_mask: xr.DataArray | np.ndarray | None = None,
                     moving_mask: xr.DataArray | np.ndarray | None = None,
-                    hold_out: np.ndarray | None = None, judge: Any = None,
-                    covered: np.ndarray | None = None) -> GreedyResult:
+                    hold_out: np.ndarray | None = None, judge: Any = None) -> GreedyResult:
     """Register ``moving`` to ``fixed``, two images on the same grid (resample the moving
     image onto the fixed grid first, e.g. through an affine): the fixed → moving map and
     its inverse as displacement fields on the fixed grid (see the module docstring)."""
@@ -508,7 +482,7 @@ def greedy_register(fixed: xr.DataArray, moving: xr.DataArray,
                                                                       fixed_mask)),
         moving_mask=None if moving_mask is None else np.asarray(getattr(moving_mask, "values",
                                                                         moving_mask)),
-        unit=grid.unit, hold_out=hold_out, judge=judge, covered=covered)
+        unit=grid.unit, hold_out=hold_out, judge=judge)
     forward = to_field(out["u"], grid)
     inverse = None if out["inverse"] is None else to_field(out["inverse"], grid)
     return GreedyResult(forward, inverse, out["levels"], out.get("held_out"))
@@ -519,7 +493,6 @@ __all__ = [
     "GreedyResult",
     "greedy_register",
     "hold_out_cells",
-    "inside_windows",
     "invert_displacement",
     "level_factors",
     "local_ncc",

@@ -34,7 +34,7 @@ Built in: :class:`Greedy` (the default: the compiled engine of
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -49,9 +49,7 @@ from .backend import check_choice
 
 @dataclass(frozen=True)
 class BlockInfo:
-    """What a block method may want to know about its block. ``covered``: where the
-    moving image has data on the block grid (a boolean array), or ``None`` where it has
-    data everywhere; the pre-warped moving block is zero elsewhere."""
+    """What a block method may want to know about its block."""
 
     id: int
     index: tuple[int, int, int]
@@ -59,7 +57,6 @@ class BlockInfo:
     region: tuple[tuple[int, int], ...]
     level: int
     unit: str
-    covered: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -82,9 +79,6 @@ GREEDY_TYPES = ("Greedy", "GreedySVF")
 GREEDY_SCHEDULES = {"low": (30, 15, 5), "medium": (50, 25, 10), "high": (100, 50, 20)}
 #: A greedy block must raise the held-out voxels' local correlation by more than this.
 GREEDY_MIN_GAIN = 0.0
-#: A greedy block declines when fewer of its core's NCC windows than this lie wholly on
-#: moving data (the rest of the core is past the moving image's edge).
-MIN_COVERED = 0.1
 
 
 @dataclass(frozen=True)
@@ -100,12 +94,7 @@ class Greedy:
     wide) are held out of the fit; unless the fit raises their mean local correlation in
     the block's core by more than ``min_gain``, the block answers ``"declined"`` and keeps
     the transform it was pre-warped with. ``hold_out_cell=0`` fits every voxel and judges
-    nothing.
-
-    Where the block maps past the moving image's edge (``info.covered``), voxels whose NCC
-    window reaches beyond the moving data exert no force and are not judged; the field
-    there follows its neighbours through the smoothing. A block with less than
-    :data:`MIN_COVERED` of its core so covered declines."""
+    nothing."""
 
     accuracy: str = "medium"
     metric: str = "ncc"
@@ -136,16 +125,8 @@ class Greedy:
                  info: BlockInfo) -> BlockResult:
         hold = (greedy.hold_out_cells(fixed.shape, self.hold_out_cell)
                 if self.hold_out_cell else None)
-        core = core_slices(info.core, info.region)
-        if info.covered is not None:
-            share = float(greedy.inside_windows(info.covered, self.options().radius)[core]
-                          .mean())
-            if share < MIN_COVERED:
-                return BlockResult("declined", message=(
-                    f"the moving image covers {100 * share:.0f} % of the block's core"),
-                    metrics={"covered_windows": share})
-        result = greedy.greedy_register(fixed, moving, self.options(), covered=info.covered,
-                                        hold_out=hold, judge=core)
+        result = greedy.greedy_register(fixed, moving, self.options(), hold_out=hold,
+                                        judge=core_slices(info.core, info.region))
         if result.held_out is not None:
             before, after = result.held_out
             if not after - before > self.min_gain:
