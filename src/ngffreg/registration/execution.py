@@ -115,7 +115,6 @@ class StageMemory:
     def __init__(self, interval: float = 0.2) -> None:
         self.interval = interval
         self._current: str | None = None
-        self._peaks: dict[str, int] = {}
         self._out: dict[str, float] = {}
         self._stop: Any = None
 
@@ -135,10 +134,9 @@ class StageMemory:
                     total += child.memory_info().rss
         except psutil.Error:  # pragma: no cover - the process is ending
             return
-        name = self._current
-        if name is not None and total > self._peaks.get(name, 0):
-            self._peaks[name] = total
-            self._out[name] = round(total / 2**30, 3)
+        name, gib = self._current, round(total / 2**30, 3)
+        if name is not None and gib > self._out.get(name, 0.0):
+            self._out[name] = gib
 
     @contextlib.contextmanager
     def watching(self) -> Iterator[dict[str, float]]:
@@ -151,7 +149,7 @@ class StageMemory:
             yield {}
             return
         out: dict[str, float] = {}
-        self._peaks, self._out, self._current = {}, out, None
+        self._out, self._current = out, None
         self._stop = threading.Event()
 
         def run() -> None:

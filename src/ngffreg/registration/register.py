@@ -375,8 +375,7 @@ def _write_extras(output: Path, work: Path, result: RegistrationResult,
     for r in result.blocks:
         statuses[r["status"]] = statuses.get(r["status"], 0) + 1
     summary = {"coarse": result.coarse.metrics, "coarse_level": result.coarse.fixed_level,
-               "blocks": statuses, "timings": result.timings,
-               "memory_gib": result.memory, "fine_field": result.fine_report,
+               "blocks": statuses, "timings": result.timings, "fine_field": result.fine_report,
                "flagged": [r["id"] for r in result.blocks
                            if r["status"] in ("failed", "rejected")],
                "inputs": result.inputs, "figures": []}
@@ -387,7 +386,7 @@ def _write_extras(output: Path, work: Path, result: RegistrationResult,
         export_ants = fine is None or int(np.prod(fine.grid.shape)) <= ANTS_EXPORT_MAX_VOXELS
     if export_ants:
         export_ants_transforms(result, output / "transforms")
-    # the report's own peak, now that it is done (the report rewrote the summary)
+    # the peaks, once the report (which rewrote the summary) has had its own
     STAGE_MEMORY.stage("publish")
     doc = json.loads((qc / "summary.json").read_text())
     doc["memory_gib"] = {k: v for k, v in result.memory.items() if k != "publish"}
