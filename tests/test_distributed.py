@@ -115,6 +115,38 @@ def test_block_tasks_carry_references_not_volumes(tmp_path):
     assert len(pickle.dumps((register_block, plan.blocks[-1], *args))) < 64 * 2**10
 
 
+def test_arguments_every_block_shares_travel_once():
+    """The arguments all block tasks share (lazy images, the transform, the method) go to
+    the cluster once, not with every task: 60 tasks sharing a 16 MB array add less than
+    half the 60 × 16 MB that copies per task hold in this process (client and LocalCluster
+    scheduler) and the workers (measured: 0.30 GiB once, 1.43 GiB per task)."""
+    import operator
+
+    from dask.distributed import Client, LocalCluster
+
+    from ngffreg.registration.execution import StageMemory, run_on_cluster
+
+    shared = np.random.default_rng(0).random(2_000_000)  # 16 MB
+    results: list = []
+    watch = StageMemory(interval=0.02)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0", silence_logs=40) as cluster, \
+            Client(cluster, set_as_default=False) as client, watch.watching() as peaks:
+        watch.stage("idle")
+        time.sleep(1.0)
+        watch.stage("tasks")
+        run_on_cluster(client, operator.is_not, list(range(60)), (shared,),
+                       key=lambda i: f"item-{i}", timeout=None, progress=results.append,
+                       flag=None, started=None, forget=None, needs="")
+        for _ in range(100):  # nothing is left behind on the workers (released async)
+            if not client.who_has():
+                break
+            time.sleep(0.1)
+        assert not client.who_has()
+    assert results == [True] * 60  # every task ran, with the array (a copy: not the same)
+    assert peaks["tasks"] - peaks["idle"] < 0.6, peaks
+
+
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or os.cpu_count() < 2,
                     reason="needs CPU affinity and at least 2 CPUs")
 def test_default_workers_follow_the_cpus_the_process_may_use():

@@ -112,6 +112,46 @@ def test_stage_memory_counts_child_processes():
     assert "e" not in again
 
 
+def test_the_default_coarse_level_is_bounded_in_voxels():
+    """The level of ``downsample_factor`` is taken unless it has more voxels than the cap:
+    then the finest level within it (the coarse step's memory does not grow with the
+    volume); a target spacing or a level asked for is not capped."""
+    import dask.array as da
+
+    from ngffreg.image import make_image
+    from ngffreg.pyramid import image_levels
+    from ngffreg.registration.coarse import COARSE_MAX_VOXELS, pick_level
+
+    big = make_image(da.zeros((1024, 1024, 1024), dtype="uint16", chunks=256),
+                     spacing=1.0)  # 1 G voxels, never computed
+    levels = image_levels(big)
+    sizes = [lv.size for lv in levels]
+    assert sizes[2] > COARSE_MAX_VOXELS >= sizes[3]  # factor 4 lands on level 2
+    assert pick_level(levels, downsample_factor=4) == 2
+    assert pick_level(levels, downsample_factor=4, max_voxels=COARSE_MAX_VOXELS) == 3
+    assert pick_level(levels, downsample_factor=16, max_voxels=COARSE_MAX_VOXELS) == 4
+    assert pick_level(levels, target_spacing=4.0, max_voxels=COARSE_MAX_VOXELS) == 2
+    assert pick_level(levels, level=1, max_voxels=COARSE_MAX_VOXELS) == 1
+
+
+@pytest.mark.slow
+def test_the_coarse_step_runs_on_the_capped_level(data_dir, monkeypatch):
+    """coarse_register applies the cap: the phantom (128³) at factor 2 is level 1 (64³);
+    with a cap of 40 k voxels it runs on level 2 (32³)."""
+    from ngffreg.pyramid import image_levels
+    from ngffreg.registration import coarse
+
+    d = data_dir / "greedy"
+    fixed = image_levels(d / "phantom01_fixed.nii.gz")
+    moving = image_levels(d / "phantom01_moving.nii.gz")
+    kw = {"linear_type": "Rigid", "nonlinear_type": None, "linear_accuracy": "low",
+          "downsample_factor": 2}
+    assert coarse.coarse_register(fixed, moving, **kw).fixed_level == 1
+    monkeypatch.setattr(coarse, "COARSE_MAX_VOXELS", 40_000)
+    result = coarse.coarse_register(fixed, moving, **kw)
+    assert result.fixed_level == 2 and fixed[2].size <= 40_000 < fixed[1].size
+
+
 @pytest.mark.slow
 def test_output_store_is_complete_and_readable_without_ngffreg(phantom_run, data_dir, tmp_path):
     """The store holds the registered image, the NGFF transform (a spec-only reader maps

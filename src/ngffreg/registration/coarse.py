@@ -1,16 +1,18 @@
 """The coarse step: a whole-volume registration at a low pyramid level.
 
 The level is chosen by ``downsample_factor`` (the level whose spacing is closest to, and
-not coarser than, level 0's times the factor), by ``target_spacing``, or by
-``memory_budget`` (the finest level whose registration fits: about
-:data:`BYTES_PER_VOXEL` per fixed voxel). Linear stages (``linear_type``) run first, then an
-optional deformable stage (``nonlinear_type``): ``"Greedy"`` (the default, the compiled
-engine of :mod:`~ngffreg.registration.greedy` on the moving image resampled through the
-linear result; ``"GreedySVF"`` for its stationary-velocity form) or an ANTs type (``SyN``,
-``SyNOnly``, ``Elastic``: all stages in one ANTs call). The result is a fixed→moving
-transform ``[coarse field, affine]`` in physical space, with its inverse.
-``backend="elastix"`` runs the same steps with ITK-elastix instead (linear types as in
-ANTs; the deformable stage is ``"BSpline"``; see :func:`elastix_kinds`).
+not coarser than, level 0's times the factor, and coarser still when that level has more
+than :data:`COARSE_MAX_VOXELS` voxels, so that the step's memory does not grow with the
+volume), by ``target_spacing``, or by ``memory_budget`` (the finest level whose
+registration fits: about :data:`BYTES_PER_VOXEL` per fixed voxel). Linear stages
+(``linear_type``) run first, then an optional deformable stage (``nonlinear_type``):
+``"Greedy"`` (the default, the compiled engine of :mod:`~ngffreg.registration.greedy` on
+the moving image resampled through the linear result; ``"GreedySVF"`` for its
+stationary-velocity form) or an ANTs type (``SyN``, ``SyNOnly``, ``Elastic``: all stages
+in one ANTs call). The result is a fixed→moving transform ``[coarse field, affine]`` in
+physical space, with its inverse. ``backend="elastix"`` runs the same steps with
+ITK-elastix instead (linear types as in ANTs; the deformable stage is ``"BSpline"``; see
+:func:`elastix_kinds`).
 """
 
 from __future__ import annotations
@@ -43,14 +45,23 @@ BYTES_PER_VOXEL = 240
 #: The ANTs call's environment: ITK's multi-threaded sums differ from run to run (the
 #: phantom's rigid map moved by 0.05 mm between two identical runs with 2 threads).
 ONE_THREAD_ENV = {"ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1"}
+#: The most voxels of a coarse level chosen by ``downsample_factor`` (4 M: about 1 GiB at
+#: :data:`BYTES_PER_VOXEL`; the greedy engine needs ~170 B per voxel): on a larger volume
+#: the step runs on a coarser level, the blocks finding the rest. Measured on the brain at
+#: 64× (904 M voxels): at factor 4 (level 2, 14 M voxels) the step peaked at 2.11 GiB in
+#: 163 s; capped (level 3, 1.8 M voxels) at 1.65 GiB in 125 s, as at 8× (1.69 GiB).
+#: ``coarse_level``, ``coarse_spacing`` or ``coarse_memory_budget`` choose otherwise.
+COARSE_MAX_VOXELS = 2**22
 #: The linear stages run one level finer than the coarse level up to this size (voxels).
 LINEAR_MAX_VOXELS = 2**24
 
 
 def pick_level(levels: Seq[xr.DataArray], *, downsample_factor: float | None = None,
                target_spacing: Any = None, memory_budget: Any = None,
-               level: int | None = None) -> int:
-    """Index of the level to register at (see the module docstring); ``level`` wins."""
+               level: int | None = None, max_voxels: float | None = None) -> int:
+    """Index of the level to register at (see the module docstring); ``level`` wins.
+    ``max_voxels``: with ``downsample_factor`` (no ``target_spacing``), the coarsest of the
+    factor's level and the finest level with at most that many voxels."""
     if level is not None:
         if not 0 <= level < len(levels):
             raise InputError(f"level {level} does not exist; the image has {len(levels)} "
@@ -63,7 +74,11 @@ def pick_level(levels: Seq[xr.DataArray], *, downsample_factor: float | None = N
         factor = 4.0 if downsample_factor is None else float(downsample_factor)
         if factor < 1:
             raise InputError(f"downsample_factor must be ≥ 1; got {downsample_factor}.")
-        target_spacing = np.asarray(spacing(levels[0])) * factor
+        by_factor = coarsest_level([spacing(lv) for lv in levels],
+                                   np.asarray(spacing(levels[0])) * factor, slack=0.5)
+        if max_voxels is None:
+            return by_factor
+        return max(by_factor, finest_level([lv.size for lv in levels], max_voxels))
     # a level may be a little coarser than asked on an axis (anisotropic pyramids)
     return coarsest_level([spacing(lv) for lv in levels], target_spacing, slack=0.5)
 
@@ -153,7 +168,8 @@ def coarse_register(
         stages.append(ants_backend.nonlinear_stage(nonlinear_type, nonlinear_accuracy,
                                                    metric=metric))
     fi = pick_level(fixed_levels, downsample_factor=downsample_factor,
-                    target_spacing=target_spacing, memory_budget=memory_budget, level=level)
+                    target_spacing=target_spacing, memory_budget=memory_budget, level=level,
+                    max_voxels=COARSE_MAX_VOXELS)
     fixed = fixed_levels[fi]
     mi, moving = _moving_like(moving_levels, fixed)
     fixed, moving = load(fixed), load(moving)

@@ -346,10 +346,15 @@ def run_on_cluster(client: Any, task: Any, items: list[Any], args: tuple[Any, ..
     restarted (``forget(item)`` drops the mark of an item whose worker died: dask retries
     it). Any other task error is a :class:`ClusterError` saying the workers need ``needs``.
     """
+    # the arguments every item shares travel once, as the result of one task the items
+    # depend on (recomputed if the worker holding it dies), not once per item: sent with
+    # each of 3,468 blocks, 115 kB of lazy images and transform held 0.6 GiB in this process
+    shared = client.submit(_pack, *args, key=f"ngffreg-shared-{uuid.uuid4().hex[:8]}",
+                           pure=False)
     by_key, pending = {}, []
     for item in items:
-        fut = client.submit(task, item, *args, key=f"{key(item)}-{uuid.uuid4().hex[:6]}",
-                            pure=False, retries=0)
+        fut = client.submit(_unpack, task, item, shared,
+                            key=f"{key(item)}-{uuid.uuid4().hex[:6]}", pure=False, retries=0)
         by_key[fut.key] = item
         pending.append(fut)
     try:
@@ -361,6 +366,15 @@ def run_on_cluster(client: Any, task: Any, items: list[Any], args: tuple[Any, ..
     finally:  # stopped early (an error, Ctrl-C)
         for fut in pending:
             fut.cancel()
+        shared.release()
+
+
+def _pack(*args: Any) -> tuple[Any, ...]:
+    return args
+
+
+def _unpack(task: Any, item: Any, args: tuple[Any, ...]) -> Any:
+    return task(item, *args)
 
 
 def _collect_done(pending: list[Any], by_key: dict[str, Any], progress: Any, flag: Any,

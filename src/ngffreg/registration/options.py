@@ -36,7 +36,9 @@ class RegistrationOptions:
     ----------
     downsample_factor, coarse_level, coarse_spacing, coarse_memory_budget
         The coarse level: ``coarse_level`` if given, else from a memory budget, a target
-        spacing, or level 0's spacing × ``downsample_factor`` (default 4).
+        spacing, or level 0's spacing × ``downsample_factor`` (default 4), coarser still
+        when that level has more than 4 M voxels
+        (:data:`~ngffreg.registration.coarse.COARSE_MAX_VOXELS`).
     fine_level, fine_spacing
         The fixed level the blocks register at (default 0, full resolution).
     chunk_size, overlap_fraction

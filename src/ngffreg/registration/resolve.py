@@ -20,7 +20,7 @@ from ..blocks import auto_block_size, block_shape
 from ..errors import InputError
 from ..image import Grid
 from .blockwise import check_picklable
-from .coarse import pick_level
+from .coarse import COARSE_MAX_VOXELS, pick_level
 from .execution import plan_resources
 from .methods import block_method, default_block_method
 from .options import RegistrationOptions
@@ -76,7 +76,7 @@ def resolve(opts: RegistrationOptions, fixed_levels: list[xr.DataArray], *,
     if resources is not None and opts.coarse_memory_budget is None and coarse_level is None:
         coarse_level = max(
             pick_level(fixed_levels, downsample_factor=opts.downsample_factor,
-                       target_spacing=opts.coarse_spacing),
+                       target_spacing=opts.coarse_spacing, max_voxels=COARSE_MAX_VOXELS),
             pick_level(fixed_levels, memory_budget=resources.coarse_memory))
     return RunPlan(method, fine, tuple(passes), chunk_size, resources, workers, coarse_level)
 
