@@ -308,20 +308,39 @@ def test_a_local_block_method_with_workers_gets_a_clear_error(data_dir):
 
 
 @pytest.mark.slow
-def test_multi_resolution_blocks_write_every_pass(data_dir, tmp_path):
+def test_multi_resolution_blocks_write_every_pass(data_dir, tmp_path, monkeypatch):
     """Blocks on the 4 mm level, then smaller blocks on the 2 mm level, each pass through
-    everything before it; both passes' fields are in the transform and the ANTs export."""
+    everything before it; both passes' fields are in the transform and the ANTs export.
+    Each pass's blocks run on worker processes that have exited before its blend."""
+    import importlib
+
     import ants
     import pandas as pd
+    import psutil
 
+    module = importlib.import_module("ngffreg.registration.register")
+    children_at_blend = []
+    blend_pass = module.blend_pass
+
+    def counting(*args, **kwargs):
+        children_at_blend.append(sum(  # multiprocessing's resource tracker stays
+            "resource_tracker" not in " ".join(c.cmdline())
+            for c in psutil.Process().children(recursive=True)))
+        return blend_pass(*args, **kwargs)
+
+    monkeypatch.setattr(module, "blend_pass", counting)
     d = data_dir / "greedy"
     out = tmp_path / "out.ome.zarr"
     result = register(d / "phantom01_fixed.nii.gz", d / "phantom01_moving.nii.gz", out,
                       linear_type="Rigid", nonlinear_type_coarse=None, linear_accuracy="low",
                       downsample_factor=4, block_levels=[(2, 16), (1, 16)],
-                      method="ants-affine", min_foreground=0.0)
+                      method="ants-affine", min_foreground=0.0, workers=2)
     passes = {r["pass"] for r in result.blocks}
     assert passes == {0, 1}
+    for k in (0, 1):  # both passes ran on workers (the second on new ones) ...
+        assert all(r.get("worker") for r in result.blocks
+                   if r["pass"] == k and r["status"] != "skipped")
+    assert children_at_blend == [0, 0]  # ... gone before each blend
     assert sum(r["pass"] == 0 for r in result.blocks) == 8
     assert sum(r["pass"] == 1 for r in result.blocks) == 64
     steps = result.transform.transforms

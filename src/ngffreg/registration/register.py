@@ -207,7 +207,9 @@ def block_passes(fixed_levels: list[xr.DataArray], moving_levels: list[xr.DataAr
                  *, client: Any = None, progress: Any = None, log: Any = None,
                  timings: dict[str, float] | None = None) -> BlockPasses:
     """Blocks and blend, pass by pass from the coarse level to the fine one, each through
-    everything found before it; the workers are released when it returns."""
+    everything found before it. Workers of a LocalCluster started here exit after each
+    pass's blocks, before its blend; a cluster given (``client``, an address) is kept and
+    also runs the blend."""
     steps = steps_of(coarse.transform)
     if plan.method is None:
         return BlockPasses(coarse.transform, None, [], None, {}, 0)
@@ -234,6 +236,8 @@ def block_passes(fixed_levels: list[xr.DataArray], moving_levels: list[xr.DataAr
             for r in pass_records:
                 r["pass"] = k
             timings[f"blocks_s{'' if one else k}"] = time.perf_counter() - t0
+            if hasattr(cluster, "for_blocks"):  # a LocalCluster of ours: its workers exit
+                cluster.close()  # before the blend (the next pass starts new ones)
             t0 = time.perf_counter()
             STAGE_MEMORY.stage(f"blend{'' if one else k}")
             field_k, fine_report = blend_pass(block_plan, pass_records, pass_work,
