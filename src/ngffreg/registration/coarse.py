@@ -70,17 +70,17 @@ def pick_level(levels: Seq[xr.DataArray], *, downsample_factor: float | None = N
     if memory_budget is not None:
         return finest_level([lv.size for lv in levels],
                             float(parse_bytes(memory_budget)) / BYTES_PER_VOXEL)
-    if target_spacing is None:
+    by_factor = target_spacing is None
+    if by_factor:
         factor = 4.0 if downsample_factor is None else float(downsample_factor)
         if factor < 1:
             raise InputError(f"downsample_factor must be ≥ 1; got {downsample_factor}.")
-        by_factor = coarsest_level([spacing(lv) for lv in levels],
-                                   np.asarray(spacing(levels[0])) * factor, slack=0.5)
-        if max_voxels is None:
-            return by_factor
-        return max(by_factor, finest_level([lv.size for lv in levels], max_voxels))
+        target_spacing = np.asarray(spacing(levels[0])) * factor
     # a level may be a little coarser than asked on an axis (anisotropic pyramids)
-    return coarsest_level([spacing(lv) for lv in levels], target_spacing, slack=0.5)
+    chosen = coarsest_level([spacing(lv) for lv in levels], target_spacing, slack=0.5)
+    if by_factor and max_voxels is not None:
+        chosen = max(chosen, finest_level([lv.size for lv in levels], max_voxels))
+    return chosen
 
 
 def matching_level(levels: Seq[xr.DataArray], like: xr.DataArray) -> int:
