@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -179,6 +180,10 @@ def test_memory_budget_sets_workers_and_block_size():
     assert fixed.workers == int((3 * 2**30 - MAIN_BASE_BYTES) // block_bytes(64))
     with pytest.raises(InputError, match=r"too small for one block.*at least 1\.\d GiB"):
         plan_resources("1 GiB")
+    with pytest.raises(InputError) as refused:  # the smallest budget it names is enough
+        plan_resources("1.5 GiB", chunk_size=64)
+    enough = re.search(r"at least (\d+\.\d) GiB", str(refused.value)).group(1)
+    assert plan_resources(f"{enough} GiB", chunk_size=64).workers == 1
     with pytest.raises(InputError, match="smaller --chunk-size"):
         plan_resources("2 GiB", chunk_size=400)
     with pytest.raises(InputError, match="memory size"):
@@ -215,6 +220,23 @@ def test_memory_budget_holds_the_stages_after_the_blocks():
         with stage_limits(None):  # no budget: nothing changes
             assert CHUNK_CACHE.limit == small.cache_bytes
     assert CHUNK_CACHE.limit == before and dask.config.get("num_workers", None) is None
+
+
+@pytest.mark.slow
+def test_a_memory_budget_holds_in_every_stage(data_dir, tmp_path):
+    """A whole run under a budget: the peak of the process tree (block workers included)
+    in each stage, as the run records it, stays within it."""
+    from ngffreg import register
+
+    d = data_dir / "greedy"
+    result = register(d / "phantom01_fixed.nii.gz", d / "phantom01_moving.nii.gz",
+                      tmp_path / "out.ome.zarr", linear_type="Rigid", linear_accuracy="low",
+                      fine_level=1, chunk_size=32, fine_accuracy="low", min_foreground=0.005,
+                      memory_budget="1.6 GiB")
+    assert set(result.memory) >= {"coarse", "blocks", "blend", "warp", "report"}
+    assert all(0 < peak <= 1.6 for peak in result.memory.values()), result.memory
+    level = result.coarse.fixed_level
+    assert result.coarse.metrics["linear_level"] in (level - 1, level)
 
 
 # -- a real dask cluster started from the command line ------------------------------------

@@ -134,6 +134,54 @@ def test_the_default_coarse_level_is_bounded_in_voxels():
     assert pick_level(levels, level=1, max_voxels=COARSE_MAX_VOXELS) == 1
 
 
+def test_the_linear_stages_run_one_level_finer_when_it_fits():
+    """ANTs' linear stages take the level twice finer than the coarse level, unless it is
+    larger than the cap or, under a memory budget, does not fit in it."""
+    import dask.array as da
+
+    from ngffreg.image import make_image
+    from ngffreg.pyramid import image_levels
+    from ngffreg.registration.coarse import (
+        LINEAR_BYTES_PER_VOXEL,
+        LINEAR_MAX_VOXELS,
+        linear_level,
+    )
+
+    levels = image_levels(make_image(da.zeros((1024,) * 3, dtype="uint16", chunks=256),
+                                     spacing=1.0))
+    assert levels[2].size <= LINEAR_MAX_VOXELS < levels[1].size
+    assert linear_level(levels, 3) == 2 and linear_level(levels, 0) == 0
+    assert linear_level(levels, 2) == 2  # level 1 is over the cap
+    need = levels[2].size * LINEAR_BYTES_PER_VOXEL
+    assert linear_level(levels, 3, memory_budget=need) == 2
+    assert linear_level(levels, 3, memory_budget=need - 1) == 3
+    assert linear_level(levels, 3, memory_budget="1 GiB") == 3  # 16.8 M voxels: 1.9 GiB
+
+
+def test_a_memory_budget_bounds_the_coarse_step():
+    """With a run's memory budget the coarse step gets its share (and the rerun check
+    sees it); ``coarse_memory_budget`` still wins."""
+    import dask.array as da
+
+    from ngffreg.image import make_image
+    from ngffreg.pyramid import image_levels
+    from ngffreg.registration.options import RegistrationOptions
+    from ngffreg.registration.resolve import resolve, run_params
+
+    levels = image_levels(make_image(da.zeros((512,) * 3, dtype="uint16", chunks=128),
+                                     spacing=1.0))
+    plain = resolve(RegistrationOptions(), levels)
+    assert plain.coarse_budget is None
+    budget = resolve(RegistrationOptions(memory_budget="2 GiB"), levels)
+    assert budget.coarse_budget == budget.resources.coarse_memory <= 2 * 2**30
+    params = run_params(RegistrationOptions(memory_budget="2 GiB"), budget, "f", "m",
+                        levels, levels)
+    assert params["coarse_memory_budget"] == budget.coarse_budget
+    given = resolve(RegistrationOptions(memory_budget="2 GiB", coarse_memory_budget="3 GiB"),
+                    levels)
+    assert given.coarse_budget == "3 GiB"
+
+
 @pytest.mark.slow
 def test_the_coarse_step_runs_on_the_capped_level(data_dir, monkeypatch):
     """coarse_register applies the cap: the phantom (128³) at factor 2 is level 1 (64³);
@@ -150,6 +198,9 @@ def test_the_coarse_step_runs_on_the_capped_level(data_dir, monkeypatch):
     monkeypatch.setattr(coarse, "COARSE_MAX_VOXELS", 40_000)
     result = coarse.coarse_register(fixed, moving, **kw)
     assert result.fixed_level == 2 and fixed[2].size <= 40_000 < fixed[1].size
+    assert result.metrics["linear_level"] == 1  # the linear stages one level finer
+    tight = coarse.coarse_register(fixed, moving, **kw, level=2, memory_budget=100_000)
+    assert tight.fixed_level == 2 and tight.metrics["linear_level"] == 2  # 64³ does not fit
 
 
 @pytest.mark.slow

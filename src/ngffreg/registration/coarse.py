@@ -54,6 +54,9 @@ ONE_THREAD_ENV = {"ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1"}
 COARSE_MAX_VOXELS = 2**22
 #: The linear stages run one level finer than the coarse level up to this size (voxels).
 LINEAR_MAX_VOXELS = 2**24
+#: Peak memory of ANTs' linear stages (the child process, both images, its base included)
+#: per fixed voxel: 1.93 GiB on the EASI-FISH pair's level 1 (16.4 M voxels).
+LINEAR_BYTES_PER_VOXEL = 120
 
 
 def pick_level(levels: Seq[xr.DataArray], *, downsample_factor: float | None = None,
@@ -175,6 +178,7 @@ def coarse_register(
     fixed, moving = load(fixed), load(moving)
     t0 = time.perf_counter()
     initial: dict[str, Any] = {}  # where the linear stages started (ANTs)
+    li = fi  # the level they ran on
     if stages and backend == "elastix":
         transform = _run_elastix(fixed, moving, stages, linear_accuracy, nonlinear_accuracy,
                                  metric, _mask_on(fixed_mask, fixed),
@@ -182,12 +186,9 @@ def coarse_register(
         inverse = transform.inverse() if transform.is_linear else None
     elif stages:
         lf, lm = fixed, moving
-        if not nonlinear_type and fi > 0 and fixed_levels[fi - 1].size <= LINEAR_MAX_VOXELS and (
-                memory_budget is None or fixed_levels[fi - 1].size * BYTES_PER_VOXEL
-                <= 4 * parse_bytes(memory_budget)):
-            # ANTs' linear schedules stop one halving short of the image they get: given the
-            # level twice finer, they end at the coarse level's own resolution
-            lf = load(fixed_levels[fi - 1])
+        li = fi if nonlinear_type else linear_level(fixed_levels, fi, memory_budget)
+        if li != fi:
+            lf = load(fixed_levels[li])
             lm = load(_moving_like(moving_levels, lf)[1])
         start, initial = _start(fixed, moving) if linear_type else (None, {})
         result = call_in_child(  # one ITK thread: the same answer run after run
@@ -212,7 +213,8 @@ def coarse_register(
                "overlap": overlap, "backend": backend,
                "stages": [getattr(s, "transform", s) for s in stages] + (
                    [engine] if engine else []), **deformable,
-               **({"initial": initial} if initial else {})}
+               **({"initial": initial} if initial else {}),
+               **({"linear_level": li} if stages and backend == "ants" else {})}
     if overlap < 0.05:
         raise InputError(
             f"After the coarse step only {overlap:.1%} of the fixed image's foreground maps "
@@ -220,6 +222,21 @@ def coarse_register(
             "physical space (origin, orientation, units, voxel size), or give an initial "
             "transform.")
     return CoarseResult(transform, inverse, fi, mi, metrics)
+
+
+def linear_level(fixed_levels: Seq[xr.DataArray], level: int, memory_budget: Any = None) -> int:
+    """The level ANTs' linear stages run on for a coarse step at ``level``: the level
+    twice finer (their schedules stop one halving short of the image they get, so they
+    end at ``level``'s own resolution) when it has at most :data:`LINEAR_MAX_VOXELS` voxels
+    and, under ``memory_budget``, about :data:`LINEAR_BYTES_PER_VOXEL` per voxel fits in
+    it; else ``level`` itself."""
+    if level == 0:
+        return level
+    voxels = fixed_levels[level - 1].size
+    if voxels > LINEAR_MAX_VOXELS or (memory_budget is not None and voxels
+                                      * LINEAR_BYTES_PER_VOXEL > parse_bytes(memory_budget)):
+        return level
+    return level - 1
 
 
 #: The correlation search's start replaces ANTs' centroid start when its overlap

@@ -17,6 +17,7 @@ count, a block size and the coarse step's share.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import time
@@ -212,8 +213,8 @@ def plan_resources(memory_budget: Any, *, workers: int | None = None,
         raise InputError(
             f"A memory budget of {memory_budget} is too small for one block: the main "
             f"process needs about {MAIN_BASE_BYTES / 2**20:.0f} MiB and {what} about "
-            f"{per / 2**20:.0f} MiB. Give at least {(MAIN_BASE_BYTES + per) / 2**30:.1f} "
-            f"GiB{advice}.")
+            f"{per / 2**20:.0f} MiB. Give at least "
+            f"{math.ceil((MAIN_BASE_BYTES + per) / 2**30 * 10) / 10:.1f} GiB{advice}.")
     size: Any = chunk_size
     if auto:  # then the largest block those workers can share the room with
         size = min(MAX_AUTO_BLOCK, auto_block_size(room // n, overlap_fraction))

@@ -161,7 +161,7 @@ def register(
                 nonlinear_type=opts.nonlinear_type_coarse, linear_accuracy=opts.linear_accuracy,
                 nonlinear_accuracy=opts.coarse_accuracy,
                 downsample_factor=opts.downsample_factor, target_spacing=opts.coarse_spacing,
-                memory_budget=opts.coarse_memory_budget, level=plan.coarse_level,
+                memory_budget=plan.coarse_budget, level=plan.coarse_level,
                 fixed_mask=fixed_mask, moving_mask=moving_mask, backend=opts.backend))
             timings["coarse_s"] = time.perf_counter() - t0
             passes = block_passes(fixed_levels, moving_levels, coarse, opts, plan, store.work,

@@ -37,6 +37,8 @@ class RunPlan:
     resources: Any
     workers: int
     coarse_level: int | None
+    #: the coarse step's memory budget: ``coarse_memory_budget``, else the budget's share
+    coarse_budget: Any = None
 
 
 def resolve(opts: RegistrationOptions, fixed_levels: list[xr.DataArray], *,
@@ -78,7 +80,11 @@ def resolve(opts: RegistrationOptions, fixed_levels: list[xr.DataArray], *,
             pick_level(fixed_levels, downsample_factor=opts.downsample_factor,
                        target_spacing=opts.coarse_spacing, max_voxels=COARSE_MAX_VOXELS),
             pick_level(fixed_levels, memory_budget=resources.coarse_memory))
-    return RunPlan(method, fine, tuple(passes), chunk_size, resources, workers, coarse_level)
+    coarse_budget = opts.coarse_memory_budget
+    if coarse_budget is None and resources is not None:
+        coarse_budget = resources.coarse_memory
+    return RunPlan(method, fine, tuple(passes), chunk_size, resources, workers, coarse_level,
+                   coarse_budget)
 
 
 def run_params(opts: RegistrationOptions, plan: RunPlan, fixed: Any, moving: Any,
@@ -90,7 +96,7 @@ def run_params(opts: RegistrationOptions, plan: RunPlan, fixed: Any, moving: Any
         "moving": str(moving) if isinstance(moving, (str, Path)) else "in-memory",
         "fixed_shape": list(fixed_levels[0].shape), "moving_shape": list(moving_levels[0].shape),
         "downsample_factor": opts.downsample_factor, "coarse_level": plan.coarse_level,
-        "coarse_spacing": opts.coarse_spacing, "coarse_memory_budget": opts.coarse_memory_budget,
+        "coarse_spacing": opts.coarse_spacing, "coarse_memory_budget": plan.coarse_budget,
         "fine_level": plan.fine_level, "chunk_size": plan.chunk_size,
         "overlap_fraction": opts.overlap_fraction,
         "block_levels": [list(p) for p in plan.passes],
