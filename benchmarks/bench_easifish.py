@@ -7,6 +7,7 @@ The pair is ``$NGFFREG_DATA_DIR/easifish/{fix,mov}.ome.zarr`` (OME-Zarr 0.5, uin
     .venv/bin/python benchmarks/bench_easifish.py --tool both            # the real pair
     .venv/bin/python benchmarks/bench_easifish.py --tool both --known    # known deformation
     .venv/bin/python benchmarks/bench_easifish.py --tool both --crop 100:164,150:278,300:556
+    .venv/bin/python benchmarks/bench_easifish.py --tool ngffreg-budget --memory-budget 2GiB
 
 Tools (each a child process; wall time and the peak RSS of its whole process tree,
 sampled every 0.1 s by ``bench_convert.TreeSampler``, dask workers included):
@@ -14,6 +15,8 @@ sampled every 0.1 s by ``bench_convert.TreeSampler``, dask workers included):
 - ``ngffreg``: ``.venv/bin/ngffreg register FIX MOV -o OUT --overwrite``, all defaults
   (workers: one per CPU, so 2 here). It reads the OME-Zarr stores itself; its run includes
   writing the registered image, transform and QC table.
+- ``ngffreg-budget``: the same with ``--memory-budget`` (folder ``ngffreg-budget``); the
+  result adds the run's own peak per stage (``qc/summary.json``, ``memory_gib``).
 - ``bigstream`` (5.0.3, ``.venv-bigstream``: ``make bigstream-env``; it needs zarr < 3
   and so cannot read these Zarr v3 stores): ``benchmarks/bigstream_easifish.py`` runs
   bigstream's own tutorial for this data,
@@ -281,10 +284,10 @@ def load_transform(case: dict, tool: str, folder: Path) -> Any:
 
     if tool == "none":
         return Identity()
-    if tool == "ngffreg":
+    if tool in ("ngffreg", "ngffreg-budget"):
         from ngffreg.transforms import read_registration
 
-        return read_registration(str(folder / "ngffreg" / "out.ome.zarr"))
+        return read_registration(str(folder / tool / "out.ome.zarr"))
     if tool in ("bigstream", "bigstream_alt"):
         pair = case["pair"]
         out = folder / "bigstream"
@@ -596,7 +599,7 @@ def prepare(folder: Path, crop: str | None, known: bool, offset: str) -> dict:
             print(f"  inputs: {folder} (kept)", flush=True)
             return case
         marker.unlink()
-    for tool in ("ngffreg", "bigstream"):  # results on other inputs
+    for tool in ("ngffreg", "ngffreg-budget", "bigstream"):  # results on other inputs
         shutil.rmtree(folder / tool, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
     print(f"  inputs: {folder} ...", flush=True)
@@ -605,13 +608,19 @@ def prepare(folder: Path, crop: str | None, known: bool, offset: str) -> dict:
     return json.loads(marker.read_text())
 
 
-def run_ngffreg(case: dict, folder: Path, cores: int) -> dict:
-    out = folder / "ngffreg"
+def run_ngffreg(case: dict, folder: Path, cores: int, budget: str | None = None) -> dict:
+    out = folder / ("ngffreg-budget" if budget else "ngffreg")
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     cmd = [str(Path(PY).with_name("ngffreg")), "register", case["fixed"], case["moving"],
            "-o", str(out / "out.ome.zarr"), "--overwrite"]
-    return run_tool(cmd, out, cores)
+    if budget:
+        cmd += ["--memory-budget", budget]
+    res = run_tool(cmd, out, cores)
+    summary = out / "out.ome.zarr" / "qc" / "summary.json"
+    if summary.exists():  # the run's own peaks per stage (process tree, every 0.2 s)
+        res["stage_peak_gib"] = json.loads(summary.read_text()).get("memory_gib")
+    return res
 
 
 def run_bigstream(case: dict, folder: Path, cores: int, python: str) -> dict:
@@ -696,7 +705,11 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_selftest_out":
         return selftest_out(sys.argv[2])
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--tool", choices=("ngffreg", "bigstream", "both"), default="both")
+    p.add_argument("--tool", choices=("ngffreg", "bigstream", "both", "ngffreg-budget"),
+                   default="both")
+    p.add_argument("--memory-budget", default=None,
+                   help="with --tool ngffreg-budget: ngffreg's --memory-budget (its own "
+                        "folder, beside the run at the defaults)")
     p.add_argument("--work", type=Path, default=HERE / "_work" / "easifish_bench")
     p.add_argument("--crop", default=None, help="Z0:Z1,Y0:Y1,X0:X1 (smoke tests)")
     p.add_argument("--moving-offset", default="0,0,0",
@@ -711,6 +724,8 @@ def main() -> None:
         raise SystemExit("--moving-offset goes with --crop")
     if len(args.moving_offset.split(",")) != 3:
         raise SystemExit(f"--moving-offset takes DZ,DY,DX; got {args.moving_offset!r}")
+    if (args.tool == "ngffreg-budget") != bool(args.memory_budget):
+        raise SystemExit("--tool ngffreg-budget and --memory-budget go together")
     tools = ["ngffreg", "bigstream"] if args.tool == "both" else [args.tool]
     case_name = "known" if args.known else "real"
     folder = (args.work / case_name).resolve()
@@ -734,8 +749,8 @@ def main() -> None:
     results: dict[str, Any] = {}
     for tool in tools:
         print(f"  {tool} ...", flush=True)
-        if tool == "ngffreg":
-            res = run_ngffreg(case, folder, args.cores)
+        if tool.startswith("ngffreg"):
+            res = run_ngffreg(case, folder, args.cores, args.memory_budget)
         else:
             res = run_bigstream(case, folder, args.cores, args.bigstream_python)
         print(f"    {tool}: rc {res['rc']}, {res['wall_s']} s, {res['peak_rss_gib']} GiB",
@@ -745,7 +760,7 @@ def main() -> None:
         (folder / tool / "result.json").write_text(json.dumps(res, indent=1))
         results[tool] = res
     record["load_at_end"] = [round(v, 2) for v in os.getloadavg()]
-    for tool in ("ngffreg", "bigstream"):  # a tool run earlier on the same inputs
+    for tool in ("ngffreg", "ngffreg-budget", "bigstream"):  # run earlier on these inputs
         earlier = folder / tool / "result.json"
         if tool not in results and earlier.exists():
             results[tool] = {**json.loads(earlier.read_text()), "earlier_run": True}
