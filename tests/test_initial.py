@@ -29,6 +29,29 @@ def test_the_map_peaks_at_the_shift_and_ignores_what_lies_outside():
     assert n[best] == 23 * 30 * 35  # the overlap: m[0:23, 10:40, 0:35], NaNs left out
 
 
+def test_every_shift_is_the_correlation_of_its_own_overlap():
+    """The map against the NCC of each overlap computed directly, NaNs left out."""
+    rng = np.random.default_rng(4)
+    f, m = rng.random((9, 11, 13)), rng.random((8, 12, 10))
+    f[0, :4] = np.nan
+    m[:, -2:, 3] = np.nan
+    ncc, n = correlation_map(f, m)
+    checked = 0
+    for s in [(0, 0, 0), (-3, 2, 5), (4, -6, -7), (2, 5, -3), (-5, -9, 6)]:
+        i = np.array(s) + np.array(f.shape) - 1
+        fs = tuple(slice(max(0, -d), min(a, b - d)) for d, a, b in
+                   zip(s, f.shape, m.shape, strict=True))
+        ms = tuple(slice(x.start + d, x.stop + d) for x, d in zip(fs, s, strict=True))
+        a, b = f[fs].ravel(), m[ms].ravel()
+        keep = np.isfinite(a) & np.isfinite(b)
+        assert n[tuple(i)] == keep.sum()
+        if keep.sum() > 2:
+            want = np.corrcoef(a[keep], b[keep])[0, 1]
+            assert ncc[tuple(i)] == pytest.approx(want, abs=1e-9)
+            checked += 1
+    assert checked >= 4
+
+
 def test_the_translation_is_physical_whatever_the_grids():
     """Fixed at 1 µm with one origin, moving at 1.5 µm with another: the fixed → moving
     translation is found within one search voxel."""
