@@ -346,3 +346,44 @@ def test_warp_through_the_stored_coarser_field_equals_the_full_one(tmp_path):
     a = np.asarray(warp(image, full, like=image).values)
     b = np.asarray(warp(image, stored, like=image).values)
     assert np.abs(a - b).max() < 100 * 0.01 * 0.5  # |grad| ≤ 100/4 per voxel, 0.01 voxel
+
+
+class _Shift:
+    """A block method answering a constant displacement (the truth of the test below)."""
+
+    def __init__(self, shift):
+        self.shift = np.asarray(shift, dtype=np.float32)
+
+    def __call__(self, fixed, moving, initial, info):
+        from ngffreg.registration.greedy import to_field
+        from ngffreg.registration.methods import BlockResult
+
+        u = np.broadcast_to(self.shift[:, None, None, None], (3, *fixed.shape)).copy()
+        return BlockResult("ok", to_field(u, Grid.of(fixed)))
+
+
+def test_a_block_on_the_fixed_edge_is_judged_on_the_moving_data_beyond_it():
+    """The true map leads the last block's edge voxels 3 voxels past the fixed image's
+    edge. Where the moving image goes on there, the judge reads it (as the registered
+    image will) and keeps the block; where the moving image ends with the fixed one, the
+    same answer reads zeros there and is rejected."""
+    from scipy import ndimage
+
+    from ngffreg.registration.blockwise import _register_block
+    from ngffreg.transforms import Identity
+
+    rng = np.random.default_rng(2)
+    tissue = ndimage.gaussian_filter(rng.random((24, 24, 64)), 1.5).astype(np.float32)
+    fixed = Grid.from_origin((24, 24, 40), 1.0, (0.0, 0.0, 0.0)).image(tissue[:, :, 8:48])
+    shifted = np.zeros_like(tissue)
+    shifted[:, :, 3:] = tissue[:, :, :-3]  # moving(p + 3 x) = fixed(p)
+    wide = Grid.from_origin((24, 24, 64), 1.0, (0.0, 0.0, -8.0)).image(shifted)
+    cut = wide.isel(x=slice(0, 48))  # the moving image ends where the fixed one does
+    plan = plan_blocks(Grid.of(fixed), 20, 0.25)
+    last = plan.blocks[-1]
+    assert last.region[2][1] == 40 and last.core[2][1] == 40  # on the fixed image's edge
+    shift = _Shift((0.0, 0.0, 3.0))
+    beyond = _register_block(last, plan, fixed, wide, Identity(), shift)
+    ended = _register_block(last, plan, fixed, cut, Identity(), shift)
+    assert beyond["status"] == "ok" and beyond["ncc_after"] > 0.99 > beyond["ncc_before"]
+    assert ended["status"] == "rejected" and ended["ncc_after"] < beyond["ncc_after"] - 0.05

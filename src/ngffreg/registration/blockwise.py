@@ -58,6 +58,11 @@ PREWARP_INTERPOLATOR = "bSpline"
 FIELD_CHUNK = 64
 #: A block whose correlation drops by more than this is rejected.
 NCC_TOLERANCE = 0.01
+#: Voxels the moving image is resampled beyond each side of a block's region that lies on
+#: the fixed image's edge, for the judge only: a residual that leads a core voxel past
+#: that edge then reads the moving image there (its data where it goes on beyond the
+#: fixed image, zero where it ends), as the registered image will.
+JUDGE_MARGIN = 8
 
 
 def block_path(work: Path, block_id: int) -> Path:
@@ -143,12 +148,14 @@ def _register_block(
         fixed_block = load(fixed.isel(z=block.slices[0], y=block.slices[1],
                                        x=block.slices[2]))
         mgrid = Grid.of(moving)
-        region = moving_region(bgrid, initial, mgrid)
+        wide, inner = _judge_grid(bgrid, block.region, plan.grid.shape)
+        region = moving_region(wide, initial, mgrid)
         if region is None:
             raise RuntimeError("the block maps outside the moving image")
         record["moving_region"] = [[s.start, s.stop] for s in region]
         moving_part = load(moving.isel(z=region[0], y=region[1], x=region[2]))
-        prewarped = load(warp(moving_part, initial, like=bgrid, interpolator=PREWARP_INTERPOLATOR))
+        seen = load(warp(moving_part, initial, like=wide, interpolator=PREWARP_INTERPOLATOR))
+        prewarped = bgrid.image(seen.values[inner], name=seen.name or "image")
         core = core_slices(block.core, block.region)
         before = ncc(fixed_block.values[core], prewarped.values[core])
         info = BlockInfo(block.id, block.index, block.core, block.region, plan.level,
@@ -165,7 +172,7 @@ def _register_block(
             record.update(ncc_before=before, ncc_after=before, status="declined",
                           message=result.message or "declined by the block method")
         else:
-            field = _judge(result, record, fixed_block, prewarped, bgrid, core, before)
+            field = _judge(result, record, fixed_block, seen, bgrid, core, before)
     except Exception as exc:  # a block's failure is recorded, never fatal to the run
         record.update(status="failed", message=f"{type(exc).__name__}: {exc}",
                       traceback=traceback.format_exc(limit=4))
@@ -177,12 +184,28 @@ def _register_block(
     return record
 
 
+def _judge_grid(bgrid: Grid, region: Any, shape: Any) -> tuple[Grid, tuple[slice, ...]]:
+    """The block grid grown by :data:`JUDGE_MARGIN` on each side whose region lies on the
+    level's edge, and the block grid's index slices in it."""
+    pads = [(JUDGE_MARGIN if r0 == 0 else 0, JUDGE_MARGIN if r1 == n else 0)
+            for (r0, r1), n in zip(region, shape, strict=True)]
+    if not any(lo or hi for lo, hi in pads):
+        return bgrid, tuple(slice(None) for _ in pads)
+    lo = np.array([p[0] for p in pads], dtype=np.float64)
+    wide = Grid([n + a + b for n, (a, b) in zip(bgrid.shape, pads, strict=True)],
+                bgrid.spacing, bgrid.frame_origin - bgrid.spacing * lo, bgrid.direction,
+                bgrid.unit)
+    return wide, tuple(slice(a, a + n) for n, (a, _) in zip(bgrid.shape, pads, strict=True))
+
+
 def _judge(result: BlockResult, record: dict[str, Any], fixed_block: xr.DataArray,
            prewarped: xr.DataArray, bgrid: Grid, core: tuple[slice, ...],
            before: float) -> np.ndarray:
     """The residual field of an answer that is not declined, measured into ``record``
     (correlation after, Jacobian range, largest displacement) with its status: ``ok``, or
-    ``rejected`` when it folds or lowers the correlation. Raises for a failed answer."""
+    ``rejected`` when it folds or lowers the correlation. Raises for a failed answer.
+    ``prewarped``: the moving image resampled through the pre-warp transform onto the block
+    grid or a grid around it (:func:`_judge_grid`)."""
     if result.status != "ok" or result.transform is None:
         raise RuntimeError(result.message or f"the block method answered {result.status}")
     residual = result.transform
