@@ -149,13 +149,13 @@ def test_the_linear_stages_run_one_level_finer_when_it_fits():
 
     levels = image_levels(make_image(da.zeros((1024,) * 3, dtype="uint16", chunks=256),
                                      spacing=1.0))
-    assert levels[2].size <= LINEAR_MAX_VOXELS < levels[1].size
-    assert linear_level(levels, 3) == 2 and linear_level(levels, 0) == 0
-    assert linear_level(levels, 2) == 2  # level 1 is over the cap
-    need = levels[2].size * LINEAR_BYTES_PER_VOXEL
-    assert linear_level(levels, 3, memory_budget=need) == 2
-    assert linear_level(levels, 3, memory_budget=need - 1) == 3
-    assert linear_level(levels, 3, memory_budget="1 GiB") == 3  # 16.8 M voxels: 1.9 GiB
+    assert levels[3].size <= LINEAR_MAX_VOXELS < levels[2].size
+    assert linear_level(levels, 4) == 3 and linear_level(levels, 0) == 0
+    assert linear_level(levels, 3) == 3  # level 2 is over the cap
+    need = levels[3].size * LINEAR_BYTES_PER_VOXEL
+    assert linear_level(levels, 4, memory_budget=need) == 3
+    assert linear_level(levels, 4, memory_budget=need - 1) == 4
+    assert linear_level(levels, 4, memory_budget="200 MiB") == 4  # 2.1 M voxels: 0.24 GiB
 
 
 def test_a_memory_budget_bounds_the_coarse_step():
