@@ -590,6 +590,10 @@ def _child(args: list[str]) -> dict | None:
     return json.loads(line[7:])
 
 
+#: The tools' result folders in a case's folder (each named after its tool).
+TOOL_FOLDERS = ("ngffreg", "ngffreg-budget", "bigstream")
+
+
 def prepare(folder: Path, crop: str | None, known: bool, offset: str) -> dict:
     marker = folder / "case.json"
     if marker.exists():
@@ -599,7 +603,7 @@ def prepare(folder: Path, crop: str | None, known: bool, offset: str) -> dict:
             print(f"  inputs: {folder} (kept)", flush=True)
             return case
         marker.unlink()
-    for tool in ("ngffreg", "ngffreg-budget", "bigstream"):  # results on other inputs
+    for tool in TOOL_FOLDERS:  # results on other inputs
         shutil.rmtree(folder / tool, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
     print(f"  inputs: {folder} ...", flush=True)
@@ -760,7 +764,7 @@ def main() -> None:
         (folder / tool / "result.json").write_text(json.dumps(res, indent=1))
         results[tool] = res
     record["load_at_end"] = [round(v, 2) for v in os.getloadavg()]
-    for tool in ("ngffreg", "ngffreg-budget", "bigstream"):  # run earlier on these inputs
+    for tool in TOOL_FOLDERS:  # a tool run earlier on the same inputs
         earlier = folder / tool / "result.json"
         if tool not in results and earlier.exists():
             results[tool] = {**json.loads(earlier.read_text()), "earlier_run": True}

@@ -74,15 +74,14 @@ def resolve(opts: RegistrationOptions, fixed_levels: list[xr.DataArray], *,
     if (opts.workers is None and workers > 1 and method is not None and not distributed
             and not _picklable(method)):
         workers = 1  # a lambda or local function runs here rather than failing
-    coarse_level = opts.coarse_level
-    if resources is not None and opts.coarse_memory_budget is None and coarse_level is None:
-        coarse_level = max(
-            pick_level(fixed_levels, downsample_factor=opts.downsample_factor,
-                       target_spacing=opts.coarse_spacing, max_voxels=COARSE_MAX_VOXELS),
-            pick_level(fixed_levels, memory_budget=resources.coarse_memory))
-    coarse_budget = opts.coarse_memory_budget
-    if coarse_budget is None and resources is not None:
-        coarse_budget = resources.coarse_memory
+    coarse_level, coarse_budget = opts.coarse_level, opts.coarse_memory_budget
+    if resources is not None and coarse_budget is None:
+        coarse_budget = resources.coarse_memory  # the run budget's share
+        if coarse_level is None:
+            coarse_level = max(
+                pick_level(fixed_levels, downsample_factor=opts.downsample_factor,
+                           target_spacing=opts.coarse_spacing, max_voxels=COARSE_MAX_VOXELS),
+                pick_level(fixed_levels, memory_budget=coarse_budget))
     return RunPlan(method, fine, tuple(passes), chunk_size, resources, workers, coarse_level,
                    coarse_budget)
 
