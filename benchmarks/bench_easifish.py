@@ -560,13 +560,15 @@ def _cpu_children() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run_tool(cmd: list[str], outdir: Path, cores: int, env: dict | None = None) -> dict:
-    """Run ``cmd`` with its output in ``outdir``/run.log: wall time, the peak RSS of its
-    process tree, its CPU time (children's rusage, as far as they were waited for)."""
+def run_tool(cmd: list[str], outdir: Path, cores: int, env: dict | None = None,
+             append: bool = False) -> dict:
+    """Run ``cmd`` with its output in ``outdir``/run.log (added to with ``append``): wall
+    time, the peak RSS of its process tree, its CPU time (children's rusage, as far as they
+    were waited for)."""
     load = os.getloadavg()
     cpu = _cpu_children()
     start = time.perf_counter()
-    with open(outdir / "run.log", "w") as log:
+    with open(outdir / "run.log", "a" if append else "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 preexec_fn=_pin(cores), cwd=outdir)
         with TreeSampler(proc.pid) as sampler:
@@ -627,10 +629,16 @@ def run_ngffreg(case: dict, folder: Path, cores: int, budget: str | None = None)
     return res
 
 
-def run_bigstream(case: dict, folder: Path, cores: int, python: str) -> dict:
+def run_bigstream(case: dict, folder: Path, cores: int, python: str,
+                  segment: float | None = None) -> dict:
+    """bigstream's example, whole; or, with ``segment`` seconds, one segment of a run that
+    goes on where the last segment stopped (a run longer than a sitting: the segments'
+    walls, CPU seconds and the largest peak are summed into the result when the last one
+    ends; ``rc`` -1 while blocks are left)."""
     out = folder / "bigstream"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    if segment is None or not (out / "segments.jsonl").exists():
+        shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
     home = folder / "bigstream_home"  # ClusterWrap writes ~/.config/dask/ClusterWrap.yaml
     (home / ".config" / "dask").mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HOME": str(home)}
@@ -638,7 +646,19 @@ def run_bigstream(case: dict, folder: Path, cores: int, python: str) -> dict:
            "--cores", str(cores)]
     if case.get("crop"):
         cmd.append("--no-global-safeguard")
-    res = run_tool(cmd, out, cores, env)
+    if segment is not None:
+        cmd += ["--stop-after", str(segment), "--log", str(out / "run.log")]
+    res = run_tool(cmd, out, cores, env, append=segment is not None)
+    if segment is not None:
+        with open(out / "segment_runs.jsonl", "a") as f:
+            f.write(json.dumps(res) + "\n")
+        runs = [json.loads(ln) for ln in (out / "segment_runs.jsonl").read_text().splitlines()]
+        res = {**res, "segment_runs": runs,
+               "wall_s": round(sum(r["wall_s"] for r in runs), 1),
+               "cpu_s": round(sum(r["cpu_s"] for r in runs), 1),
+               "peak_rss_gib": max(r["peak_rss_gib"] for r in runs)}
+        if res["rc"] == 0 and not (out / "bigstream.json").exists():
+            res["rc"] = -1  # blocks left: not a result yet
     if (out / "bigstream.json").exists():
         inner = json.loads((out / "bigstream.json").read_text())
         res.update({k: inner[k] for k in ("register_s", "cluster_start_s", "global_s",
@@ -722,6 +742,10 @@ def main() -> None:
                    help="register the fixed image to a copy deformed by a known map; TRE")
     p.add_argument("--bigstream-python", default=str(ROOT / ".venv-bigstream" / "bin" / "python"))
     p.add_argument("--cores", type=int, default=2)
+    p.add_argument("--bigstream-segment", type=float, default=None, metavar="SECONDS",
+                   help="bigstream in segments (a run longer than one sitting): this run "
+                        "starts no block after SECONDS and the next one goes on; measured "
+                        "when the last block is done")
     args = p.parse_args()
     _parse_crop(args.crop)
     if args.moving_offset != "0,0,0" and not args.crop:
@@ -756,9 +780,14 @@ def main() -> None:
         if tool.startswith("ngffreg"):
             res = run_ngffreg(case, folder, args.cores, args.memory_budget)
         else:
-            res = run_bigstream(case, folder, args.cores, args.bigstream_python)
+            res = run_bigstream(case, folder, args.cores, args.bigstream_python,
+                                args.bigstream_segment)
         print(f"    {tool}: rc {res['rc']}, {res['wall_s']} s, {res['peak_rss_gib']} GiB",
               flush=True)
+        if res["rc"] == -1:
+            print(f"    {tool}: segment ended with blocks left; run the same command again",
+                  flush=True)
+            continue
         if res["rc"] == 0:
             res["measures"] = _child(["_measure", str(folder), tool])
         (folder / tool / "result.json").write_text(json.dumps(res, indent=1))

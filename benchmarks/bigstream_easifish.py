@@ -38,6 +38,19 @@ Writes, in OUT_DIR: ``affine.mat`` (the global affine, ``np.savetxt`` as in the 
 (the cluster start-up apart) and versions. Prints a ``TIMING`` line. bigstream's log (INFO,
 main process and workers: spots found, seconds per block) goes to standard error.
 
+``--stop-after SECONDS`` (a run too long for one sitting; ``bench_easifish.py
+--bigstream-segment``): the run goes in segments that add up to the same result. No block
+starts later than SECONDS after the segment began (blocks already running finish and are
+written); every finished block leaves ``blocks/I_J_K.json`` (its seconds); the next
+segment reuses ``affine.mat`` (``global.json`` holds its seconds) and gives bigstream only
+the blocks without a record. bigstream's own code does all the work: only the list of
+blocks its ``distributed_piecewise_alignment_pipeline`` hands to ``client.map`` is
+filtered, and each call is timed. Its output accumulates in ``deform.zarr`` (opened with
+mode ``a``, blocks added under its own locks), so a block written once is never written
+again. A segment refuses to start if bigstream's log shows a block whose write began and
+did not end. The resampling runs in the segment that finds every block done;
+``bigstream.json`` then sums the segments.
+
 ``--convention-check DIR``: reads ``DIR/check_in.npz`` (a moving image, a fixed shape,
 both spacings, an affine and a displacement field made by ``bench_easifish.py``) and writes
 ``DIR/check_out.npz``: the moving image resampled by bigstream's ``apply_transform(...,
@@ -75,6 +88,70 @@ LOCAL_STEPS = [
                                    "numberOfIterations": 10}}),
 ]
 BLOCKSIZE = [128] * 3
+#: bigstream's log line for a block whose write began / ended (``piecewise_align``).
+WRITE_BEGIN, WRITE_END = "Writing block ", "Finished writing block "
+
+
+class _Resumable:
+    """A stand-in for ClusterWrap's cluster object that hands bigstream's block function
+    only the blocks without a record in ``done`` and records each one it finishes; the
+    rest (``client.gather``, the scheduler, the locks) is the real cluster's."""
+
+    def __init__(self, cluster, done: Path, deadline: float):
+        self._cluster, self._done, self._deadline = cluster, done, deadline
+
+    def __getattr__(self, name):
+        return getattr(self._cluster, name)
+
+    @property
+    def client(self):
+        return _ResumableClient(self._cluster.client, self._done, self._deadline)
+
+
+class _ResumableClient:
+    def __init__(self, client, done: Path, deadline: float):
+        self._client, self._done, self._deadline = client, done, deadline
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def map(self, func, items, **kwargs):
+        import functools
+
+        todo = [it for it in items if not block_record(self._done, it[0]).exists()]
+        return self._client.map(functools.partial(_timed_block, func, self._done,
+                                                  self._deadline), todo, **kwargs)
+
+
+def block_record(done: Path, index) -> Path:
+    return done / ("_".join(str(int(i)) for i in index) + ".json")
+
+
+def _timed_block(func, done: Path, deadline: float, item, **kwargs):
+    """bigstream's block function, unless the segment's deadline has passed; a record of
+    the block once it is computed and written."""
+    if time.time() > deadline:
+        return False
+    start = time.time()
+    result = func(item, **kwargs)
+    block_record(done, item[0]).write_text(json.dumps(
+        {"index": [int(i) for i in item[0]], "seconds": round(time.time() - start, 2),
+         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "pid": os.getpid()}))
+    return result
+
+
+def unfinished_writes(log: Path) -> list[str]:
+    """Blocks whose write began in bigstream's log and never ended (a segment killed in
+    the middle of a write leaves ``deform.zarr`` half-added there)."""
+    if not log.exists():
+        return []
+    begun: dict[str, int] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        for tag, step in ((WRITE_BEGIN, 1), (WRITE_END, -1)):
+            if tag in line:
+                key = line.split(tag, 1)[1].split(" at ", 1)[0]
+                begun[key] = begun.get(key, 0) + step
+    return [k for k, n in begun.items() if n > 0]
 
 
 def main() -> None:
@@ -85,6 +162,12 @@ def main() -> None:
     p.add_argument("--no-global-safeguard", action="store_true",
                    help="crops only: the global ransac returns the identity instead of "
                         "raising when it finds too few spots (as the per-block ones do)")
+    p.add_argument("--stop-after", type=float, default=None, metavar="SECONDS",
+                   help="run in segments: no block starts later than this after the start; "
+                        "finished blocks are kept and the next run does the rest")
+    p.add_argument("--log", type=Path, default=None,
+                   help="with --stop-after: bigstream's log, checked for a write that began "
+                        "and did not end before a segment starts")
     p.add_argument("--convention-check", metavar="DIR")
     args = p.parse_args()
     if args.convention_check:
@@ -93,6 +176,15 @@ def main() -> None:
         p.error("INPUTS and OUT are required")
     inputs, out = Path(args.inputs).resolve(), Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    segment_start = time.time()
+    done = out / "blocks"
+    if args.stop_after is not None:
+        broken = unfinished_writes(args.log) if args.log else []
+        if broken:
+            raise SystemExit(f"bigstream's log shows writes that began and did not end "
+                             f"({', '.join(broken)}): deform.zarr is half-added there; "
+                             f"start the run again from nothing")
+        done.mkdir(exist_ok=True)
     os.environ["ITK_THREADS"] = str(args.cores)
     os.chdir(out)  # bigstream writes its temporary zarr copies into the working directory
 
@@ -120,13 +212,21 @@ def main() -> None:
     phases: dict[str, float] = {}
 
     t = time.perf_counter()
-    # the global alignment: lowres arrays in memory
-    fix_lowres_data, mov_lowres_data = root["fix/lowres"][...], root["mov/lowres"][...]
-    affine = alignment_pipeline(fix_lowres_data, mov_lowres_data, sp["fix_lowres_spacing"],
-                                sp["mov_lowres_spacing"], global_steps)
-    np.savetxt(out / "affine.mat", affine)
-    phases["global_s"] = round(time.perf_counter() - t, 2)
-    print(f"    global_s {phases['global_s']:.1f}", flush=True)
+    segmented = args.stop_after is not None
+    if segmented and (out / "global.json").exists():  # an earlier segment's
+        affine = np.loadtxt(out / "affine.mat")
+        print("    global: an earlier segment's affine", flush=True)
+    else:
+        # the global alignment: lowres arrays in memory
+        fix_lowres_data, mov_lowres_data = root["fix/lowres"][...], root["mov/lowres"][...]
+        affine = alignment_pipeline(fix_lowres_data, mov_lowres_data,
+                                    sp["fix_lowres_spacing"], sp["mov_lowres_spacing"],
+                                    global_steps)
+        np.savetxt(out / "affine.mat", affine)
+        phases["global_s"] = round(time.perf_counter() - t, 2)
+        print(f"    global_s {phases['global_s']:.1f}", flush=True)
+        if segmented:
+            (out / "global.json").write_text(json.dumps({"global_s": phases["global_s"]}))
 
     t0 = time.perf_counter()
     with local_cluster(n_workers=args.cores, threads_per_worker=1, dashboard_address=None,
@@ -142,10 +242,29 @@ def main() -> None:
             blocksize=BLOCKSIZE,
             write_path=str(out / "deform.zarr"),
             static_transform_list=[affine],
-            cluster=cluster,
+            cluster=(_Resumable(cluster, done, segment_start + args.stop_after)
+                     if segmented else cluster),
         )
         phases["local_s"] = round(time.perf_counter() - t, 2)
         print(f"    local_s {phases['local_s']:.1f}", flush=True)
+        if segmented:
+            n_blocks = int(np.prod(np.ceil(np.array(fix_highres.shape)
+                                           / np.array(BLOCKSIZE))))
+            finished = len(list(done.glob("*.json")))
+            segment = {"started": time.strftime("%Y-%m-%dT%H:%M:%S",
+                                                time.localtime(segment_start)),
+                       **phases, "blocks_done": finished, "blocks": n_blocks}
+            with open(out / "segments.jsonl", "a") as f:
+                f.write(json.dumps(segment) + "\n")
+            if finished < n_blocks:
+                print(f"SEGMENT blocks {finished}/{n_blocks}: run again to go on", flush=True)
+                return
+            segments = [json.loads(ln) for ln in
+                        (out / "segments.jsonl").read_text().splitlines()]
+            phases["global_s"] = json.loads((out / "global.json").read_text())["global_s"]
+            phases["local_s"] = round(sum(g["local_s"] for g in segments), 2)
+            phases["cluster_start_s"] = round(sum(g["cluster_start_s"] for g in segments), 2)
+            phases["segments"] = len(segments)
         t = time.perf_counter()
         distributed_apply_transform(
             fix_highres, mov_highres,
@@ -157,6 +276,9 @@ def main() -> None:
         )
         phases["resample_s"] = round(time.perf_counter() - t, 2)
         print(f"    resample_s {phases['resample_s']:.1f}", flush=True)
+    if segmented:
+        changed["run in segments"] = (f"{phases['segments']} segments (--stop-after): the "
+                                      "block list split between runs, bigstream's code as is")
     register_s = phases["global_s"] + phases["local_s"] + phases["resample_s"]
     result = {
         "register_s": round(register_s, 2), **phases, "changed_from_example": changed,
