@@ -387,3 +387,56 @@ def test_a_block_on_the_fixed_edge_is_judged_on_the_moving_data_beyond_it():
     ended = _register_block(last, plan, fixed, cut, Identity(), shift)
     assert beyond["status"] == "ok" and beyond["ncc_after"] > 0.99 > beyond["ncc_before"]
     assert ended["status"] == "rejected" and ended["ncc_after"] < beyond["ncc_after"] - 0.05
+
+
+class _Seen:
+    """A block method that keeps what it was shown and answers no residual."""
+
+    def __call__(self, fixed, moving, initial, info):
+        from ngffreg.registration.greedy import to_field
+        from ngffreg.registration.methods import BlockResult
+
+        self.valid = info.moving_valid
+        return BlockResult("ok", to_field(np.zeros((3, *fixed.shape), np.float32),
+                                          Grid.of(fixed)))
+
+
+def test_a_block_the_moving_image_covers_in_part_is_fitted_where_it_has_data(tmp_path):
+    """The moving image (the fixed tissue shifted 2 voxels along x) starts 14 voxels into
+    the first block, as a round that did not image a strip. The block method is told where
+    the pre-warped block holds data; the greedy engine fits there and leaves the strip to
+    the pre-warp instead of pulling tissue into it (before: 5.5 voxels there, Jacobian
+    down to 0.16). A block the moving image does not reach at all is skipped."""
+    from scipy import ndimage
+
+    from ngffreg.qc import jacobian_determinant
+    from ngffreg.registration.blockwise import _register_block, read_field
+    from ngffreg.registration.methods import Greedy
+    from ngffreg.transforms import Identity
+
+    rng = np.random.default_rng(5)
+    tissue = ndimage.gaussian_filter(rng.random((40, 40, 80)), 2.0).astype(np.float32)
+    tissue = (tissue - tissue.mean()) / tissue.std() * 100 + 500
+    fixed = Grid.from_origin((40, 40, 64), 1.0, (0.0, 0.0, 0.0)).image(tissue[:, :, 8:72])
+    part = tissue[:, :, 20:70].copy()  # moving(p) = fixed(p - 2 x), from x = 14 on
+    moving = Grid.from_origin(part.shape, 1.0, (0.0, 0.0, 14.0)).image(part)
+    plan = plan_blocks(Grid.of(fixed), 32, 0.25)
+    first = plan.blocks[0]
+    assert first.region[2] == (0, 40)
+
+    seen = _Seen()
+    _register_block(first, plan, fixed, moving, Identity(), seen)
+    assert seen.valid.shape == first.shape
+    assert not seen.valid[:, :, :14].any() and seen.valid[:, :, 14:].all()
+
+    rec = _register_block(first, plan, fixed, moving, Identity(), Greedy(), work=tmp_path)
+    u = np.asarray(read_field(tmp_path, first.id))
+    assert rec["status"] == "ok" and rec["moving_coverage"] == pytest.approx(26 / 40)
+    strip = np.abs(u[2][:, :, :10])  # the strip: near the pre-warp (before: 5.5, up to 11)
+    assert np.median(strip) < 1.0 and strip.max() < 1.5
+    assert np.abs(np.median(u[2][:, :, 18:30]) - 2.0) < 0.1  # the tissue: the true shift
+    assert jacobian_determinant(u, (1.0, 1.0, 1.0))[:, :, :32].min() > 0.5
+
+    beyond = moving.assign_coords(x=moving.x + 200.0)  # nowhere near the block
+    far = _register_block(first, plan, fixed, beyond, Identity(), seen, work=tmp_path)
+    assert far["status"] == "skipped" and "does not reach" in far["message"]

@@ -16,9 +16,13 @@ For one block, :func:`register_block`:
 
 A block that fails (the method raises or answers ``"failed"``), folds (Jacobian ≤ 0) or
 ends worse than it started is not used as is: the reduce step fills it from its
-neighbours. A block without signal is skipped, and a block the method declines (its fit
-did not pay on held-out voxels) is kept as it was: both get a zero residual (the coarse
-transform).
+neighbours. A block without signal, or whose core the moving image does not reach, is
+skipped, and a block the method declines (its fit did not pay on held-out voxels) is kept
+as it was: both get a zero residual (the coarse transform).
+
+Where the block's points leave the moving image (a round that did not image a strip, or
+an image that ends), the pre-warped block holds zeros; the block method is told where
+(``BlockInfo.moving_valid``) and the greedy engine fits only where there is data.
 """
 
 from __future__ import annotations
@@ -135,11 +139,8 @@ def _register_block(
     record = _block_record(block)
     zero = np.zeros((3, *block.shape), dtype=np.float32)
     if block.skip:
-        record.update(status="skipped", message="no signal in the fixed block",
-                      seconds=time.perf_counter() - t0)
-        if work is not None:
-            _write_block(Path(work), block, zero, record)
-        return record
+        return _finish(work, block, zero, record, t0, status="skipped",
+                       message="no signal in the fixed block")
     field = zero
     where = _worker()
     record["worker"] = where[0]
@@ -150,16 +151,25 @@ def _register_block(
         mgrid = Grid.of(moving)
         wide, inner = _judge_grid(bgrid, block.region, plan.grid.shape)
         region = moving_region(wide, initial, mgrid)
-        if region is None:
-            raise RuntimeError("the block maps outside the moving image")
-        record["moving_region"] = [[s.start, s.stop] for s in region]
-        moving_part = load(moving.isel(z=region[0], y=region[1], x=region[2]))
-        seen = load(warp(moving_part, initial, like=wide, interpolator=PREWARP_INTERPOLATOR))
-        prewarped = bgrid.image(seen.values[inner], name=seen.name or "image")
         core = core_slices(block.core, block.region)
+        valid = None
+        if region is not None:
+            record["moving_region"] = [[s.start, s.stop] for s in region]
+            moving_part = load(moving.isel(z=region[0], y=region[1], x=region[2]))
+            # NaN marks the voxels whose point falls outside the moving image
+            seen = load(warp(moving_part, initial, like=wide,
+                             interpolator=PREWARP_INTERPOLATOR, fill_value=np.nan))
+            covered = np.isfinite(seen.values)
+            seen.values[~covered] = 0  # what the registered image shows there
+            valid = covered[inner]
+        record["moving_coverage"] = 0.0 if valid is None else float(valid.mean())
+        if valid is None or not valid[core].any():  # nothing to fit: the pre-warp holds
+            return _finish(work, block, zero, record, t0, status="skipped",
+                           message="the moving image does not reach this block's core")
+        prewarped = bgrid.image(seen.values[inner], name=seen.name or "image")
         before = ncc(fixed_block.values[core], prewarped.values[core])
         info = BlockInfo(block.id, block.index, block.core, block.region, plan.level,
-                         units(fixed))
+                         units(fixed), None if valid.all() else valid)
         t1 = time.perf_counter()
         result = call_method(method, fixed_block, prewarped, initial, info)
         record["method_seconds"] = time.perf_counter() - t1
@@ -176,7 +186,13 @@ def _register_block(
     except Exception as exc:  # a block's failure is recorded, never fatal to the run
         record.update(status="failed", message=f"{type(exc).__name__}: {exc}",
                       traceback=traceback.format_exc(limit=4))
-    record["seconds"] = time.perf_counter() - t0
+    return _finish(work, block, field, record, t0)
+
+
+def _finish(work: Path | None, block: Block, field: np.ndarray, record: dict[str, Any],
+            t0: float, **status: str) -> dict[str, Any]:
+    """Complete a block's record (``status``, time) and write it with its field."""
+    record.update(status, seconds=time.perf_counter() - t0)
     if work is not None:
         _write_block(Path(work), block, field, record)
         with contextlib.suppress(OSError):

@@ -170,6 +170,20 @@ def _shrink(img: np.ndarray, rel: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out[::rel[0], ::rel[1], ::rel[2]])
 
 
+def data_mask(valid: np.ndarray | None, radius: Any) -> np.ndarray | None:
+    """The voxels a fit may use in a moving image that holds data only where ``valid``
+    (e.g. a block whose points leave the moving image): ``valid`` less ``radius`` + 1
+    voxels along its edges, so that no correlation window and no gradient there reads the
+    zeros beyond the data; ``None`` when ``valid`` is."""
+    if valid is None:
+        return None
+    from scipy import ndimage
+
+    size = tuple(2 * (int(r) + 1) + 1 for r in np.broadcast_to(np.asarray(radius), (3,)))
+    return ndimage.minimum_filter(np.asarray(valid, dtype=np.uint8), size=size,
+                                  mode="nearest") > 0
+
+
 def _normalise(img: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     """Zero mean, unit variance (over the mask where given), float32."""
     data = np.asarray(img, dtype=np.float32)
@@ -334,6 +348,8 @@ def register_arrays(fixed: np.ndarray, moving: np.ndarray, spacing: Any,
             weight[box] = np.asarray(hold_out, dtype=np.float32)[box]
             if fixed_mask is not None:
                 weight *= (np.asarray(fixed_mask) > 0)
+            if moving_mask is not None:
+                weight *= (np.asarray(moving_mask) > 0)
             warped = np.empty_like(m0)
             K.warp_image(m0, u, spacing, warped)
             # judged on copies smoothed alike: interpolation blurs the warped image, which
@@ -491,6 +507,7 @@ def greedy_register(fixed: xr.DataArray, moving: xr.DataArray,
 __all__ = [
     "GreedyOptions",
     "GreedyResult",
+    "data_mask",
     "greedy_register",
     "hold_out_cells",
     "invert_displacement",

@@ -57,6 +57,9 @@ class BlockInfo:
     region: tuple[tuple[int, int], ...]
     level: int
     unit: str
+    #: Where the pre-warped moving block holds data (true) rather than the zeros of
+    #: points outside the moving image; ``None`` when it holds data everywhere.
+    moving_valid: np.ndarray | None = None
 
 
 @dataclass
@@ -125,8 +128,10 @@ class Greedy:
                  info: BlockInfo) -> BlockResult:
         hold = (greedy.hold_out_cells(fixed.shape, self.hold_out_cell)
                 if self.hold_out_cell else None)
-        result = greedy.greedy_register(fixed, moving, self.options(), hold_out=hold,
-                                        judge=core_slices(info.core, info.region))
+        options = self.options()
+        result = greedy.greedy_register(
+            fixed, moving, options, hold_out=hold, judge=core_slices(info.core, info.region),
+            moving_mask=greedy.data_mask(info.moving_valid, options.radius))
         if result.held_out is not None:
             before, after = result.held_out
             if not after - before > self.min_gain:
