@@ -55,6 +55,16 @@ sampled every 0.1 s by ``bench_convert.TreeSampler``, dask workers included):
   bigstream script alone (Python start-up, imports, the three phases and the cluster
   start-up; the phases are also reported apart).
 
+  ``--bigstream-segment SECONDS``: on the whole pair bigstream takes 6–7 hours, longer
+  than a sitting on a machine whose processes end with it. The run then goes in segments
+  (``bigstream_easifish.py --stop-after``): no block starts later than SECONDS after a
+  segment's start, finished blocks are kept, and the same command goes on where the last
+  segment stopped. bigstream's own code does all the work; only the list of blocks handed
+  to ``client.map`` is cut. The result sums the segments' walls and CPU seconds and takes
+  the largest peak (``segment_runs`` lists them); each segment repeats Python start-up,
+  imports and the cluster start-up (a few seconds), and a worker whose last block ends
+  before its partner's sits idle until the segment ends.
+
   Cores: the tutorial passes ``cluster_kwargs={}``, so ClusterWrap's ``local_cluster`` is a
   default ``dask.distributed.LocalCluster``: on 2 cores, 2 workers × 1 thread. Used here the
   same, explicitly (``--cores`` single-threaded workers), and ``ITK_THREADS=--cores`` for

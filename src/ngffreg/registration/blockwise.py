@@ -22,7 +22,8 @@ as it was: both get a zero residual (the coarse transform).
 
 Where the block's points leave the moving image (a round that did not image a strip, or
 an image that ends), the pre-warped block holds zeros; the block method is told where
-(``BlockInfo.moving_valid``) and the greedy engine fits only where there is data.
+(``BlockInfo.moving_valid``; ``Greedy(data_only=True)`` then fits only where there is
+data).
 """
 
 from __future__ import annotations

@@ -97,7 +97,15 @@ class Greedy:
     wide) are held out of the fit; unless the fit raises their mean local correlation in
     the block's core by more than ``min_gain``, the block answers ``"declined"`` and keeps
     the transform it was pre-warped with. ``hold_out_cell=0`` fits every voxel and judges
-    nothing."""
+    nothing.
+
+    ``data_only=True``: where the block's points leave the moving image
+    (``BlockInfo.moving_valid``), fit only where the pre-warped block holds data. The
+    part without data then keeps the pre-warp transform and the output shows no data
+    there; by default the fit also pulls the edge of the data into it, which fills that
+    part with stretched tissue (on the EASI-FISH pair, where the second round did not
+    image strips of the first, the default scores a higher foreground NCC: 0.491 against
+    0.465, benchmarks/RESULTS.md)."""
 
     accuracy: str = "medium"
     metric: str = "ncc"
@@ -110,6 +118,7 @@ class Greedy:
     hold_out_cell: int = 4
     gradient: str = "central"
     min_gain: float = GREEDY_MIN_GAIN
+    data_only: bool = False
 
     releases_gil: ClassVar[bool] = True
 
@@ -131,7 +140,8 @@ class Greedy:
         options = self.options()
         result = greedy.greedy_register(
             fixed, moving, options, hold_out=hold, judge=core_slices(info.core, info.region),
-            moving_mask=greedy.data_mask(info.moving_valid, options.radius))
+            moving_mask=(greedy.data_mask(info.moving_valid, options.radius)
+                         if self.data_only else None))
         if result.held_out is not None:
             before, after = result.held_out
             if not after - before > self.min_gain:
