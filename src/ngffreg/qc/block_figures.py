@@ -96,7 +96,7 @@ def _status_legend(fig: Any, passes: list[BlockPass]) -> None:
     handles = []
     names = {"rejected": "rejected (R): folded or got worse; filled from neighbours",
              "failed": "failed (F): filled from neighbours",
-             "skipped": "skipped (S): no signal",
+             "skipped": "skipped (S): no signal, or no moving data",
              "declined": "declined (D): no gain on held-out voxels; coarse map kept",
              "missing": "no record (?)"}
     for status, text in names.items():

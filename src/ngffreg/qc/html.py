@@ -54,7 +54,8 @@ _CAPTIONS = {
     "core (after − before the block registration, blue: better, red: worse), for the layer "
     "of blocks through the centre along each axis; the black lines outline the fixed image. "
     "Hatched: blocks that failed (F) or were rejected (R) — filled from their neighbours — "
-    "and skipped blocks (S, no signal); beige: no correlation to measure (a constant block).",
+    "and skipped blocks (S, no signal or no moving data); beige: no correlation to measure "
+    "(a constant block).",
     "block_layers.png": "Every layer of the block grid along z, same colours; the numbers are "
     "block ids (see the table below).",
     "jacobian.png": "Jacobian determinant of the displacement field: 1 where volume is kept "
