@@ -259,8 +259,9 @@ def test_blend_touches_only_the_blocks_that_reach_a_chunk(tmp_path, monkeypatch)
     plan = plan_blocks(grid, 12, 0.25)
     records = _records_from(plan, tmp_path, lambda p: np.zeros((len(p), 3)))
     reads = []
-    real = reduce.read_field
-    monkeypatch.setattr(reduce, "read_field", lambda work, i: reads.append(i) or real(work, i))
+    real = reduce._Blender.field_part
+    monkeypatch.setattr(reduce._Blender, "field_part",
+                        lambda self, i, box: reads.append(i) or real(self, i, box))
     field = blend(plan, records, tmp_path, chunks=16)
     data = field.field.data
     with dask.config.set(scheduler="synchronous"):

@@ -30,6 +30,7 @@ import numpy as np
 
 from ..blocks import BlockPlan
 from ..image import SPATIAL_DIMS, Grid
+from ..sampling import read_region
 from ..transforms import DisplacementField
 from .blockwise import KEPT, read_field
 
@@ -106,6 +107,20 @@ class _Blender:
         self.fills = fill_vectors(plan, records)
         self.regions = np.array([b.region for b in plan.blocks],
                                 dtype=np.int64).reshape(-1, 3, 2)
+        self.token = f"blend-{uuid.uuid4().hex}"  # this blend's entries in the chunk cache
+        self._fields: dict[int, da.Array] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_fields": {}}  # opened again where it runs
+
+    def field_part(self, block_id: int, box: tuple[slice, ...]) -> np.ndarray:
+        """``box`` of a block's stored field, through the process's chunk cache: a block
+        field chunk is decoded once, not once for every output chunk it reaches."""
+        data = self._fields.get(block_id)
+        if data is None:
+            data = self._fields[block_id] = da.from_zarr(
+                read_field(self.work, block_id), name=f"from-zarr-{self.token}-{block_id}")
+        return read_region(data, (slice(None), *box), cache=self.token)
 
     def at(self, idx: list[np.ndarray]) -> np.ndarray:
         """(3, *lens) float64 at the sorted, distinct fine indices ``idx`` (z, y, x), all
@@ -134,8 +149,7 @@ class _Blender:
             else:
                 src = tuple(slice(int(p[0]) - r[0], int(p[-1]) + 1 - r[0])
                             for p, r in zip(pos, b.region, strict=True))
-                part = np.asarray(read_field(self.work, b.id)[(slice(None), *src)],
-                                  dtype=np.float64)
+                part = np.asarray(self.field_part(b.id, src), dtype=np.float64)
                 picks = [p - p[0] for p in pos]
                 if any(len(p) != s.stop - s.start for p, s in zip(picks, src, strict=True)):
                     part = part[np.ix_(range(3), *picks)]
