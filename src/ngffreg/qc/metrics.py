@@ -41,18 +41,17 @@ def jacobian_determinant(displacement: Any, spacing: Any, direction: Any = None)
     if u.ndim != 4 or u.shape[0] != 3:
         raise ValueError(f"expected a (3, z, y, x) field; got shape {u.shape}")
     spacing = np.asarray(spacing, dtype=np.float64)
-    jac = np.empty((*u.shape[1:], 3, 3))
-    for i in range(3):
-        for j in range(3):
-            if u.shape[1 + j] > 1:
-                jac[..., i, j] = np.gradient(u[i], axis=j) / spacing[j]
-            else:
-                jac[..., i, j] = 0.0
+    zero = np.zeros(u.shape[1:])
+    g = [[np.gradient(u[i], axis=j) / spacing[j] if u.shape[1 + j] > 1 else zero
+          for j in range(3)] for i in range(3)]
     if direction is not None and not np.allclose(direction, np.eye(3)):
         # ∂u/∂p = (∂u/∂frame) · Dᵀ, with frame = Dᵀ p
-        jac = jac @ np.asarray(direction, dtype=np.float64).T
-    jac += np.eye(3)
-    return np.linalg.det(jac)
+        d = np.asarray(direction, dtype=np.float64)
+        g = [[sum(g[i][j] * d[k, j] for j in range(3)) for k in range(3)] for i in range(3)]
+    (a, b, c), (e, f, h), (k, m, n) = ([g[i][j] + (1.0 if i == j else 0.0) for j in range(3)]
+                                       for i in range(3))
+    # the 3×3 determinant by cofactors, voxel by voxel
+    return a * (f * n - h * m) - b * (e * n - h * k) + c * (e * m - f * k)
 
 
 def otsu_threshold(values: Any, bins: int = 256) -> float:
