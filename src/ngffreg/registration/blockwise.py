@@ -231,7 +231,13 @@ def _judge(result: BlockResult, record: dict[str, Any], fixed_block: xr.DataArra
         field = np.where(np.asarray(result.valid, dtype=bool)[None], field, 0.0)
     after_img = load(warp(prewarped, residual, like=bgrid, interpolator="linear"))
     after = ncc(fixed_block.values[core], after_img.values[core])
-    jac = jacobian_determinant(field, bgrid.spacing, bgrid.direction)[core]
+    # the core and one voxel around it is all the core's central differences need
+    span = [sl.indices(n)[:2] for sl, n in zip(core, field.shape[1:], strict=True)]
+    grown = tuple(slice(max(a - 1, 0), min(b + 1, n))
+                  for (a, b), n in zip(span, field.shape[1:], strict=True))
+    inner = tuple(slice(a - g.start, b - g.start) for (a, b), g in zip(span, grown, strict=True))
+    jac = jacobian_determinant(field[(slice(None), *grown)], bgrid.spacing,
+                               bgrid.direction)[inner]
     record.update(ncc_before=before, ncc_after=after, jacobian_min=float(jac.min()),
                   core_mean=[float(v) for v in
                              field[(slice(None), *core)].reshape(3, -1).mean(axis=1)],
