@@ -405,10 +405,9 @@ class _Seen:
 def test_a_block_the_moving_image_covers_in_part_is_fitted_where_it_has_data(tmp_path):
     """The moving image (the fixed tissue shifted 2 voxels along x) starts 14 voxels into
     the first block, as a round that did not image a strip. The block method is told where
-    the pre-warped block holds data; with ``data_only`` the greedy engine fits there and
-    leaves the strip to the pre-warp instead of pulling tissue into it (by default: 5.5
-    voxels there, Jacobian down to 0.16). A block the moving image does not reach at all
-    is skipped."""
+    the pre-warped block holds data; the greedy engine fits there and leaves the strip to
+    the pre-warp instead of pulling tissue into it (``data_only=False``: 5.5 voxels there,
+    Jacobian down to 0.16). A block the moving image does not reach at all is skipped."""
     from scipy import ndimage
 
     from ngffreg.qc import jacobian_determinant
@@ -431,16 +430,16 @@ def test_a_block_the_moving_image_covers_in_part_is_fitted_where_it_has_data(tmp
     assert seen.valid.shape == first.shape
     assert not seen.valid[:, :, :14].any() and seen.valid[:, :, 14:].all()
 
-    rec = _register_block(first, plan, fixed, moving, Identity(), Greedy(data_only=True),
-                          work=tmp_path)
+    rec = _register_block(first, plan, fixed, moving, Identity(), Greedy(), work=tmp_path)
     u = np.asarray(read_field(tmp_path, first.id))
     assert rec["status"] == "ok" and rec["moving_coverage"] == pytest.approx(26 / 40)
     strip = np.abs(u[2][:, :, :10])  # the strip: near the pre-warp
     assert np.median(strip) < 1.0 and strip.max() < 1.5
     assert np.abs(np.median(u[2][:, :, 18:30]) - 2.0) < 0.1  # the tissue: the true shift
     assert jacobian_determinant(u, (1.0, 1.0, 1.0))[:, :, :32].min() > 0.5
-    # the default fills the strip with tissue pulled from the edge of the data
-    _register_block(first, plan, fixed, moving, Identity(), Greedy(), work=tmp_path / "d")
+    # without data_only the fit fills the strip with tissue pulled from the edge of the data
+    _register_block(first, plan, fixed, moving, Identity(), Greedy(data_only=False),
+                    work=tmp_path / "d")
     pulled = np.abs(np.asarray(read_field(tmp_path / "d", first.id))[2][:, :, :10])
     assert np.median(pulled) > 3.0
 

@@ -68,6 +68,10 @@ NCC_TOLERANCE = 0.01
 #: that edge then reads the moving image there (its data where it goes on beyond the
 #: fixed image, zero where it ends), as the registered image will.
 JUDGE_MARGIN = 8
+#: Judge a block only on the core voxels that read moving data before and after its fit
+#: (where at least this fraction of the core does; else on the whole core).
+JUDGE_ON_DATA = True
+JUDGE_MIN_FRACTION = 0.1
 
 
 def block_path(work: Path, block_id: int) -> Path:
@@ -183,7 +187,8 @@ def _register_block(
             record.update(ncc_before=before, ncc_after=before, status="declined",
                           message=result.message or "declined by the block method")
         else:
-            field = _judge(result, record, fixed_block, seen, bgrid, core, before)
+            field = _judge(result, record, fixed_block, seen, bgrid, core, before,
+                           covered=covered, inner=inner)
     except Exception as exc:  # a block's failure is recorded, never fatal to the run
         record.update(status="failed", message=f"{type(exc).__name__}: {exc}",
                       traceback=traceback.format_exc(limit=4))
@@ -217,7 +222,8 @@ def _judge_grid(bgrid: Grid, region: Any, shape: Any) -> tuple[Grid, tuple[slice
 
 def _judge(result: BlockResult, record: dict[str, Any], fixed_block: xr.DataArray,
            prewarped: xr.DataArray, bgrid: Grid, core: tuple[slice, ...],
-           before: float) -> np.ndarray:
+           before: float, covered: np.ndarray | None = None,
+           inner: tuple[slice, ...] | None = None) -> np.ndarray:
     """The residual field of an answer that is not declined, measured into ``record``
     (correlation after, Jacobian range, largest displacement) with its status: ``ok``, or
     ``rejected`` when it folds or lowers the correlation. Raises for a failed answer.
@@ -231,6 +237,17 @@ def _judge(result: BlockResult, record: dict[str, Any], fixed_block: xr.DataArra
         field = np.where(np.asarray(result.valid, dtype=bool)[None], field, 0.0)
     after_img = load(warp(prewarped, residual, like=bgrid, interpolator="linear"))
     after = ncc(fixed_block.values[core], after_img.values[core])
+    if JUDGE_ON_DATA and covered is not None and not covered.all():
+        # judged only where both the pre-warp and the residual read moving data: zeros
+        # past the data's edge say nothing about the fit
+        cov = prewarped.copy(data=covered.astype(np.float32))
+        reads = load(warp(cov, residual, like=bgrid, interpolator="linear")).values[core]
+        both = covered[inner][core] & (reads > 1 - 1e-6)
+        record["judged_fraction"] = float(both.mean())
+        if both.mean() >= JUDGE_MIN_FRACTION:
+            f = fixed_block.values[core]
+            before = ncc(f, prewarped.values[inner][core], both)
+            after = ncc(f, after_img.values[core], both)
     # the core and one voxel around it is all the core's central differences need
     span = [sl.indices(n)[:2] for sl, n in zip(core, field.shape[1:], strict=True)]
     grown = tuple(slice(max(a - 1, 0), min(b + 1, n))

@@ -118,7 +118,7 @@ class Greedy:
     hold_out_cell: int = 4
     gradient: str = "central"
     min_gain: float = GREEDY_MIN_GAIN
-    data_only: bool = False
+    data_only: bool = True
 
     releases_gil: ClassVar[bool] = True
 
