@@ -471,3 +471,27 @@ def test_the_coarse_result_outlives_the_work_folder(data_dir, tmp_path):
     np.testing.assert_allclose(result.coarse.transform.apply(pts), result.transform.apply(pts))
     back = result.coarse.inverse.apply(result.coarse.transform.apply(pts))
     assert np.median(np.linalg.norm(back - pts, axis=1)) < 0.2
+
+
+def test_the_coarse_greedy_stage_leaves_a_strip_without_moving_data_alone():
+    """The moving image (the fixed texture shifted 2 voxels along x) starts 16 voxels in,
+    as a round that did not image a strip. The coarse step's greedy stage fits where there
+    is data and leaves the strip near the linear transform; it used to pull the edge of
+    the data over the strip (displacements of several voxels there)."""
+    from scipy import ndimage
+
+    from ngffreg.registration.coarse import _run_greedy
+
+    rng = np.random.default_rng(7)
+    tissue = ndimage.gaussian_filter(rng.random((32, 48, 96)), 2.0).astype(np.float32)
+    tissue = (tissue - tissue.mean()) / tissue.std() * 100 + 500
+    fixed = Grid.from_origin((32, 48, 80), 1.0, (0.0, 0.0, 0.0)).image(tissue[:, :, 8:88])
+    part = tissue[:, :, 22:86].copy()  # moving(p) = fixed(p - 2 x), from x = 16 on
+    moving = Grid.from_origin(part.shape, 1.0, (0.0, 0.0, 16.0)).image(part)
+    transform, _, record = _run_greedy(fixed, moving, Identity(), Identity(), "Greedy",
+                                       "low", None)
+    assert record["deformable"] == "ok"
+    pts = Grid.of(fixed).points().reshape(32, 48, 80, 3)
+    dx = transform.apply(pts.reshape(-1, 3)).reshape(32, 48, 80, 3)[..., 2] - pts[..., 2]
+    assert np.median(np.abs(dx[:, :, :10])) < 1.0  # the strip: near the linear transform
+    assert np.abs(np.median(dx[:, :, 30:70]) - 2.0) < 0.2  # the data: the true shift
