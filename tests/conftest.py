@@ -139,3 +139,21 @@ def tools_python() -> Path:
         pytest.skip("no Python 3.12 on this machine (tests/tools_python.sh found none): the "
                     "external OME-Zarr readers need it")
     pytest.skip(f"the tools environment is not built: run `make tools-env` ({found})")
+
+
+def strip_pair(zy: tuple[int, int], nx: int, start: int, seed: int):
+    """A smooth random texture as the fixed image (``(*zy, nx)`` voxels of 1) and as a
+    moving image ``moving(p) = fixed(p - 2 x)`` that begins ``start`` voxels in along x,
+    as a round that did not image that strip."""
+    import numpy as np
+    from scipy import ndimage
+
+    from ngffreg.image import Grid
+
+    rng = np.random.default_rng(seed)
+    tissue = ndimage.gaussian_filter(rng.random((*zy, nx + 16)), 2.0).astype(np.float32)
+    tissue = (tissue - tissue.mean()) / tissue.std() * 100 + 500
+    fixed = Grid.from_origin((*zy, nx), 1.0, (0.0, 0.0, 0.0)).image(tissue[:, :, 8:nx + 8])
+    part = tissue[:, :, start + 6:nx + 6].copy()
+    moving = Grid.from_origin(part.shape, 1.0, (0.0, 0.0, float(start))).image(part)
+    return fixed, moving

@@ -412,19 +412,13 @@ def test_a_block_the_moving_image_covers_in_part_is_fitted_where_it_has_data(tmp
     the pre-warped block holds data; the greedy engine fits there and leaves the strip to
     the pre-warp instead of pulling tissue into it (``data_only=False``: 5.5 voxels there,
     Jacobian down to 0.16). A block the moving image does not reach at all is skipped."""
-    from scipy import ndimage
-
+    from conftest import strip_pair
     from ngffreg.qc import jacobian_determinant
     from ngffreg.registration.blockwise import _register_block, read_field
     from ngffreg.registration.methods import Greedy
     from ngffreg.transforms import Identity
 
-    rng = np.random.default_rng(5)
-    tissue = ndimage.gaussian_filter(rng.random((40, 40, 80)), 2.0).astype(np.float32)
-    tissue = (tissue - tissue.mean()) / tissue.std() * 100 + 500
-    fixed = Grid.from_origin((40, 40, 64), 1.0, (0.0, 0.0, 0.0)).image(tissue[:, :, 8:72])
-    part = tissue[:, :, 20:70].copy()  # moving(p) = fixed(p - 2 x), from x = 14 on
-    moving = Grid.from_origin(part.shape, 1.0, (0.0, 0.0, 14.0)).image(part)
+    fixed, moving = strip_pair((40, 40), 64, 14, seed=5)
     plan = plan_blocks(Grid.of(fixed), 32, 0.25)
     first = plan.blocks[0]
     assert first.region[2] == (0, 40)

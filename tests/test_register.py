@@ -478,16 +478,10 @@ def test_the_coarse_greedy_stage_leaves_a_strip_without_moving_data_alone():
     as a round that did not image a strip. The coarse step's greedy stage fits where there
     is data and leaves the strip near the linear transform; it used to pull the edge of
     the data over the strip (displacements of several voxels there)."""
-    from scipy import ndimage
-
+    from conftest import strip_pair
     from ngffreg.registration.coarse import _run_greedy
 
-    rng = np.random.default_rng(7)
-    tissue = ndimage.gaussian_filter(rng.random((32, 48, 96)), 2.0).astype(np.float32)
-    tissue = (tissue - tissue.mean()) / tissue.std() * 100 + 500
-    fixed = Grid.from_origin((32, 48, 80), 1.0, (0.0, 0.0, 0.0)).image(tissue[:, :, 8:88])
-    part = tissue[:, :, 22:86].copy()  # moving(p) = fixed(p - 2 x), from x = 16 on
-    moving = Grid.from_origin(part.shape, 1.0, (0.0, 0.0, 16.0)).image(part)
+    fixed, moving = strip_pair((32, 48), 80, 16, seed=7)
     transform, _, record = _run_greedy(fixed, moving, Identity(), Identity(), "Greedy",
                                        "low", None)
     assert record["deformable"] == "ok"

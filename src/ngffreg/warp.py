@@ -413,6 +413,21 @@ def warp(
 PYRAMID_MODES = ("downsample", "per-level")
 
 
+def warp_covered(moving: xr.DataArray, transform: Transform, *, like: Any,
+                 interpolator: str = "linear") -> tuple[xr.DataArray, np.ndarray]:
+    """:func:`warp` computed now, with where its points fell inside the moving image: the
+    image (0 outside, as ``warp`` fills by default) and a boolean mask of the voxels that
+    read moving data (NaN voxels of the moving image count as outside)."""
+    from .image import load
+
+    dtype = np.float32 if interpolation_order(interpolator) == 0 else None
+    out = load(warp(moving, transform, like=like, interpolator=interpolator,
+                    fill_value=np.nan, dtype=dtype))
+    covered = np.isfinite(out.values)
+    out.values[~covered] = 0
+    return out, covered
+
+
 def _moving_levels(moving: Any) -> list[xr.DataArray]:
     if isinstance(moving, xr.DataTree):
         from .pyramid import levels

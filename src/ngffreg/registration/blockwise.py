@@ -47,7 +47,7 @@ from ..image import Grid, load, units
 from ..qc import block_table as block_table
 from ..qc import jacobian_determinant, ncc
 from ..transforms import Transform, sample_field
-from ..warp import warp
+from ..warp import warp, warp_covered
 from .execution import run_on_cluster
 from .isolation import call_method
 from .methods import BlockInfo, BlockMethod, BlockResult
@@ -68,9 +68,8 @@ NCC_TOLERANCE = 0.01
 #: that edge then reads the moving image there (its data where it goes on beyond the
 #: fixed image, zero where it ends), as the registered image will.
 JUDGE_MARGIN = 8
-#: Judge a block only on the core voxels that read moving data before and after its fit
-#: (where at least this fraction of the core does; else on the whole core).
-JUDGE_ON_DATA = True
+#: A block is judged only on the core voxels that read moving data before and after its
+#: fit, where at least this fraction of the core does (else on the whole core).
 JUDGE_MIN_FRACTION = 0.1
 
 
@@ -161,11 +160,8 @@ def _register_block(
         if region is not None:
             record["moving_region"] = [[s.start, s.stop] for s in region]
             moving_part = load(moving.isel(z=region[0], y=region[1], x=region[2]))
-            # NaN marks the voxels whose point falls outside the moving image
-            seen = load(warp(moving_part, initial, like=wide,
-                             interpolator=PREWARP_INTERPOLATOR, fill_value=np.nan))
-            covered = np.isfinite(seen.values)
-            seen.values[~covered] = 0  # what the registered image shows there
+            seen, covered = warp_covered(moving_part, initial, like=wide,
+                                         interpolator=PREWARP_INTERPOLATOR)
             valid = covered[inner]
         record["moving_coverage"] = 0.0 if valid is None else float(valid.mean())
         if valid is None or not valid[core].any():  # nothing to fit: the pre-warp holds
@@ -237,7 +233,7 @@ def _judge(result: BlockResult, record: dict[str, Any], fixed_block: xr.DataArra
         field = np.where(np.asarray(result.valid, dtype=bool)[None], field, 0.0)
     after_img = load(warp(prewarped, residual, like=bgrid, interpolator="linear"))
     after = ncc(fixed_block.values[core], after_img.values[core])
-    if JUDGE_ON_DATA and covered is not None and not covered.all():
+    if covered is not None and not covered.all():
         # judged only where both the pre-warp and the residual read moving data: zeros
         # past the data's edge say nothing about the fit
         cov = prewarped.copy(data=covered.astype(np.float32))
@@ -252,9 +248,9 @@ def _judge(result: BlockResult, record: dict[str, Any], fixed_block: xr.DataArra
     span = [sl.indices(n)[:2] for sl, n in zip(core, field.shape[1:], strict=True)]
     grown = tuple(slice(max(a - 1, 0), min(b + 1, n))
                   for (a, b), n in zip(span, field.shape[1:], strict=True))
-    inner = tuple(slice(a - g.start, b - g.start) for (a, b), g in zip(span, grown, strict=True))
+    crop = tuple(slice(a - g.start, b - g.start) for (a, b), g in zip(span, grown, strict=True))
     jac = jacobian_determinant(field[(slice(None), *grown)], bgrid.spacing,
-                               bgrid.direction)[inner]
+                               bgrid.direction)[crop]
     record.update(ncc_before=before, ncc_after=after, jacobian_min=float(jac.min()),
                   core_mean=[float(v) for v in
                              field[(slice(None), *core)].reshape(3, -1).mean(axis=1)],

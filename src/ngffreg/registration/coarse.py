@@ -33,7 +33,7 @@ from ..pyramid import image_levels as image_levels
 from ..qc import ncc, otsu_threshold
 from ..transforms import Identity, Transform
 from ..units import parse_bytes
-from ..warp import warp
+from ..warp import warp, warp_covered
 from . import ants_backend, elastix_backend
 from .backend import check_choice
 from .isolation import call_in_child
@@ -284,11 +284,7 @@ def _run_greedy(fixed: xr.DataArray, moving: xr.DataArray, linear: Transform,
     from .greedy import data_mask, greedy_register, hold_out_cells
     from .methods import Greedy
 
-    # NaN marks the voxels whose point falls outside the moving image
-    prewarped = load(warp(moving, linear, like=fixed, interpolator="bSpline",
-                          fill_value=np.nan))
-    covered = np.isfinite(prewarped.values)
-    prewarped.values[~covered] = 0
+    prewarped, covered = warp_covered(moving, linear, like=fixed, interpolator="bSpline")
     method = Greedy(accuracy=accuracy, velocity=engine == "GreedySVF")
     options = dataclasses.replace(method.options(), inverse=True)
     moving_mask = (data_mask(covered, options.radius)
