@@ -169,3 +169,28 @@ def test_bad_input_is_refused_with_advice(pair):
             GreedyOptions(**bad)
     # physical smoothing widths are accepted
     GreedyOptions(sigma_update="3 um", sigma_field="1.5 micrometer")
+
+
+def test_the_edge_of_the_moving_data_is_not_fitted():
+    """The moving array holds data from x = 24 on (zeros before, as a pre-warp leaves the
+    points outside the moving image) and the tissue begins at x = 34, the true map being a
+    shift of 2 voxels along x. Told where the data is, the engine fits the tissue near the
+    edge of the data: the zeros are read as the data's mean, so that the step between data
+    and fill is no edge for the coarser levels (wider windows, smoothed images) to pull
+    onto the tissue's edge (with the zeros kept, the median error there was 0.18 voxel,
+    the p95 0.28)."""
+    rng = np.random.default_rng(3)
+    shape, start, top = (40, 48, 80), 24, 34
+    tissue = ndimage.gaussian_filter(rng.random((shape[0], shape[1], shape[2] + 16)), 2.0)
+    tissue = ((tissue - tissue.mean()) / tissue.std() * 100 + 500).astype(np.float32)
+    tissue *= 1 / (1 + np.exp(-(np.arange(shape[2] + 16) - (top + 8)) / 1.5))
+    fixed = tissue[:, :, 8:8 + shape[2]].copy()
+    moving = tissue[:, :, 6:6 + shape[2]].copy()  # fixed(p) = moving(p + 2 x)
+    data = np.zeros(shape, bool)
+    data[:, :, start:] = True
+    moving[~data] = 0
+    u = register_arrays(fixed, moving, (1.0, 1.0, 1.0), moving_mask=data)["u"]
+    err = np.abs(u[2] - 2.0)[6:-6, 6:-6]
+    near = err[:, :, start + 6:top]
+    assert np.median(near) < 0.1 and np.percentile(near, 95) < 0.2
+    assert np.median(err[:, :, top + 8:-8]) < 0.02

@@ -281,16 +281,15 @@ def _run_greedy(fixed: xr.DataArray, moving: xr.DataArray, linear: Transform,
     was decided. As for blocks, voxels in a lattice of small cubes are held out of the
     fit: when it does not raise their local correlation, the linear result is kept."""
     from ..transforms import Sequence
-    from .greedy import data_mask, greedy_register, hold_out_cells
+    from .greedy import greedy_register, hold_out_cells
     from .methods import Greedy
 
     prewarped, covered = warp_covered(moving, linear, like=fixed, interpolator="bSpline")
     method = Greedy(accuracy=accuracy, velocity=engine == "GreedySVF")
     options = dataclasses.replace(method.options(), inverse=True)
-    moving_mask = (data_mask(covered, options.radius)
-                   if method.data_only and not covered.all() else None)
     result = greedy_register(fixed, prewarped, options, fixed_mask=fixed_mask,
-                             moving_mask=moving_mask,
+                             moving_mask=(covered if method.data_only and not covered.all()
+                                          else None),
                              hold_out=hold_out_cells(fixed.shape, method.hold_out_cell))
     before, after = result.held_out
     record = {"held_out_before": before, "held_out_after": after,

@@ -140,8 +140,7 @@ class Greedy:
         options = self.options()
         result = greedy.greedy_register(
             fixed, moving, options, hold_out=hold, judge=core_slices(info.core, info.region),
-            moving_mask=(greedy.data_mask(info.moving_valid, options.radius)
-                         if self.data_only else None))
+            moving_mask=info.moving_valid if self.data_only else None)
         if result.held_out is not None:
             before, after = result.held_out
             if not after - before > self.min_gain:
