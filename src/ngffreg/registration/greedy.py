@@ -14,7 +14,9 @@ before each halving), from coarse to fine, with ``iterations[level]`` steps:
 2. the metric's force: for ``"ncc"``, the exact derivative of the sum of local normalised
    cross-correlations over box windows of half-width ``radius`` (running sums: the cost
    does not grow with the window); for ``"ssd"`` minus the squared difference's
-   derivative; zero outside the masks;
+   derivative; zero outside the masks (the moving mask says where the moving image
+   holds data: the force stays a window + 1 voxel inside it, and beyond it the moving
+   image reads its mean over the data, so that no step there becomes an edge to fit);
 3. smooth the force with a Gaussian of ``sigma_update`` and scale it so that its largest
    step is ``step`` voxels;
 4. compose: ``φ ← φ ∘ (x + v)`` (greedy), or, with ``velocity``, add the step to a
