@@ -375,15 +375,20 @@ def test_runs_killed_at_three_points_resume_to_the_same_output(data_dir, tmp_pat
         "blocks": lambda: _records(work) >= 3,
         "blend": lambda: (work / "fine" / "zarr.json").is_file(),
         "warp": lambda: _warp_started(work, out),
+        # the blocks have been moved into the staged store, to be published with it
+        "report": lambda: (work / "lent.json").is_file(),
     }
     killed_after = {}
     for name, ready in points.items():
         _kill_when(cmd, ready)
         assert not out.exists(), f"killed during {name}: a half-written output was published"
-        killed_after[name] = _records(work)
-    assert killed_after["blocks"] >= 3 and killed_after["warp"] == 8
-    # the blocks finished before the last kill are not registered again
-    stamps = {p.parent.name: p.stat().st_mtime_ns for p in (work / "blocks").glob("b*/zarr.json")}
+        killed_after[name] = _records(work) + _records(work / out.name)
+    assert killed_after["blocks"] >= 3 and killed_after["warp"] == killed_after["report"] == 8
+    # the blocks finished before the last kill (some in the unpublished store) are not
+    # registered again
+    stamps = {p.parent.name: p.stat().st_mtime_ns
+              for folder in (work, work / out.name) for p in folder.glob("blocks/b*/zarr.json")}
+    assert len(stamps) == 8
     res = _run(cmd)
     assert res.returncode == 0, res.stderr
     _assert_same(reference, out)
@@ -505,27 +510,57 @@ def test_a_full_disk_is_a_clear_error_and_keeps_finished_blocks(data_dir, tmp_pa
         assert all(after[k] == v for k, v in kept.items())  # nothing finished was lost
 
 
-def test_a_disk_that_fills_during_the_warp(data_dir, tmp_path, reference):
+def _fill_disk(filler: Path) -> None:
+    """Write ``filler`` until its disk has no byte left."""
+    with open(filler, "wb", buffering=0) as fh:
+        for size in (2**20, 2**12, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    fh.write(b"\0" * size)
+
+
+#: The CLI with the disk filled as the report starts (the warped image is written, the
+#: blocks are in the staged store): argv[1] is the file that fills it, the rest the CLI's.
+_FULL_AT_THE_REPORT = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_distributed import _fill_disk
+from ngffreg import cli
+from ngffreg.registration import register
+
+report = register._figures
+def full(*args, **kwargs):
+    _fill_disk(sys.argv[1])
+    return report(*args, **kwargs)
+register._figures = full
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("stage", ["warp", "report"])
+def test_a_disk_that_fills_while_the_output_is_written(data_dir, tmp_path, reference, stage):
     """The output disk fills while the registered image is being written (a file takes all
-    the space left the moment the warp starts): a clear message, exit 2, nothing published,
-    the blocks kept; with the space back, the same command finishes without registering a
-    block again and gives the uninterrupted run's output."""
+    the space left the moment the warp starts), or while the QC report is (the finished
+    blocks are in the store by then): a clear message, exit 2, nothing published, the blocks
+    kept; with the space back, the same command finishes without registering a block again
+    and gives the uninterrupted run's output."""
     with _tmpfs(tmp_path / "disk", "256m") as mnt:
         out, work, filler = mnt / "out.ome.zarr", mnt / "out.ome.zarr.partial", mnt / "filler"
         cmd = _command(data_dir, out, "--workers", "1", "--quiet")
-        proc, _ = _run_until(cmd, lambda: _warp_started(work, out))
-        with open(filler, "wb", buffering=0) as fh:  # the disk is full from here on
-            for size in (2**20, 2**12, 1):
-                with contextlib.suppress(OSError):
-                    while True:
-                        fh.write(b"\0" * size)
+        if stage == "warp":
+            proc, _ = _run_until(cmd, lambda: _warp_started(work, out))
+            _fill_disk(filler)
+        else:
+            proc = subprocess.Popen([sys.executable, "-c", _FULL_AT_THE_REPORT, str(filler),
+                                     *cmd[1:]], env=ENV, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE)
         _, err = proc.communicate(timeout=300)
         err = err.decode()
         assert proc.returncode == 2, err[-2000:]
         assert "disk is full" in err and "run the same command again" in err, err[-2000:]
         assert "Traceback" not in err
         assert not out.exists()  # nothing that looks finished
-        assert not [p for p in work.glob(".*out.ome.zarr*")]  # nor a half-written store
+        assert not [p for p in work.glob("*out.ome.zarr*")]  # nor a half-written store
         kept = {p.parent.name: p.stat().st_mtime_ns for p in (work / "blocks").glob("b*/zarr.json")}
         assert len(kept) == 8
         filler.unlink()

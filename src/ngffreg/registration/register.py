@@ -264,13 +264,20 @@ def _write_output(result: RegistrationResult, store: RunStore, fixed_levels: lis
     t0 = time.perf_counter()
     STAGE_MEMORY.stage("warp")
     staged = store.staged()
-    write_warped(moving_levels, result.transform, staged, like=fixed_levels[0],
-                 interpolator=opts.interpolator, progress=bool(progress), scheduler=scheduler)
-    result.timings["warp_s"] = time.perf_counter() - t0
-    result.timings["total_s"] = time.perf_counter() - t_start
-    STAGE_MEMORY.stage("report")
-    _write_extras(staged, store.work, result, opts.export_ants, (fixed_levels, moving_levels))
-    output = store.publish(staged)
+    try:  # the blocks are lent to the store; a write that fails gives them back to the work
+        write_warped(moving_levels, result.transform, staged, like=fixed_levels[0],
+                     interpolator=opts.interpolator, progress=bool(progress),
+                     scheduler=scheduler)
+        result.timings["warp_s"] = time.perf_counter() - t0
+        result.timings["total_s"] = time.perf_counter() - t_start
+        STAGE_MEMORY.stage("report")
+        store.lend(_block_moves(store.work))
+        _write_extras(staged, result, opts.export_ants, (fixed_levels, moving_levels))
+        output = store.publish(staged)
+    except BaseException:
+        store.take_back()
+        shutil.rmtree(staged, ignore_errors=True)  # half written; its space back
+        raise
     stored = read_registration(output)
     stored_steps = steps_of(getattr(stored, "forward", stored))
     n_fine = result.n_fine if result.fine is not None else 0  # the passes' fields
@@ -350,21 +357,26 @@ def _store_field(field: DisplacementField, work: Path, name: str = "fine",
         name=name)
 
 
-def _write_extras(output: Path, work: Path, result: RegistrationResult,
-                  export_ants: bool | None, levels: tuple[Any, Any] = (None, None)) -> None:
-    """Blocks, QC table and summary, and the ANTs export, into the published store."""
+def _block_moves(work: Path) -> list[tuple[str, str]]:
+    """Where the block records and plans go in the output store (``blocks/``, a pass's
+    under ``blocks/passN``), as (work path, store path) pairs."""
+    moves = []
     if (work / "blocks").is_dir():
-        shutil.move(str(work / "blocks"), str(output / "blocks"))
-    for pass_dir in sorted(work.glob("pass*")):  # multi-resolution blocks
-        (output / "blocks").mkdir(exist_ok=True)
-        if (pass_dir / "blocks").is_dir():
-            shutil.move(str(pass_dir / "blocks"), str(output / "blocks" / pass_dir.name))
-        if (pass_dir / "plan.json").is_file():
-            shutil.move(str(pass_dir / "plan.json"),
-                        str(output / "blocks" / pass_dir.name / "plan.json"))
+        moves.append(("blocks", "blocks"))
+    passes = sorted(p.name for p in work.glob("pass*") if p.is_dir())  # multi-resolution
+    for name in passes:
+        for part, to in (("blocks", ""), ("plan.json", "/plan.json")):
+            if (work / name / part).exists():
+                moves.append((f"{name}/{part}", f"blocks/{name}{to}"))
     if (work / "plan.json").is_file():
-        shutil.move(str(work / "plan.json"), str(output / "blocks" / "plan.json")
-                    if (output / "blocks").is_dir() else str(output / "plan.json"))
+        moves.append(("plan.json", "blocks/plan.json" if moves or passes else "plan.json"))
+    return moves
+
+
+def _write_extras(output: Path, result: RegistrationResult, export_ants: bool | None,
+                  levels: tuple[Any, Any] = (None, None)) -> None:
+    """QC table and summary, the QC report and the ANTs export, into the staged store
+    (which holds the blocks by now)."""
     qc = output / "qc"
     qc.mkdir(exist_ok=True)
     rows = result.table

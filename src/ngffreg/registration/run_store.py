@@ -7,6 +7,10 @@
 - the coarse result is saved there (:meth:`RunStore.save_coarse`) and found again by a
   rerun (:meth:`RunStore.load_coarse`); blocks keep their records under ``blocks/``
   (:mod:`~ngffreg.registration.blockwise`);
+- :meth:`RunStore.lend` moves work (the block records) into the staged store to be
+  published with it, recorded first, so that a run that fails or is killed before the
+  store is published gives them back (:meth:`RunStore.take_back`) and a rerun still finds
+  them;
 - :meth:`RunStore.publish` moves the finished store into place in one rename.
 
 :func:`write_atomic` is the one write-then-rename of the package: a file is either its old
@@ -30,6 +34,9 @@ from typing import Any
 
 from ..errors import OutputError
 from .coarse import CoarseResult
+
+#: The work-folder file that lists what :meth:`RunStore.lend` moved into the staged store.
+LENT = "lent.json"
 
 
 def write_atomic(path: Path, data: str | bytes) -> Path:
@@ -90,6 +97,7 @@ class RunStore:
                     shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
         write_atomic(work / "params.json",
                      json.dumps({"key": key, "params": params}, indent=1, default=str))
+        store.take_back()  # the blocks a killed run had moved into its unpublished store
         return store
 
     @property
@@ -134,6 +142,32 @@ class RunStore:
         if staged.exists():
             shutil.rmtree(staged)
         return staged
+
+    def lend(self, moves: list[tuple[str, str]]) -> None:
+        """Move each ``(work path, staged path)`` (relative) from the work folder into the
+        staged store: renames, which need no space on a full disk. The list is written
+        first to ``work/lent.json``, so that :meth:`take_back` can undo it after a failure
+        or a kill."""
+        staged = self.work / self.output.name
+        write_atomic(self.work / LENT, json.dumps(moves))
+        for src, dst in moves:
+            (staged / dst).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.work / src, staged / dst)
+
+    def take_back(self) -> None:
+        """Undo :meth:`lend` (what was moved and is still in the staged store goes back to
+        the work folder), so that the work survives a store that is never published: after
+        a write that failed, and when a killed run's folder is opened again."""
+        try:
+            moves = json.loads((self.work / LENT).read_text())
+        except (OSError, ValueError):
+            return
+        staged = self.work / self.output.name
+        for src, dst in reversed(moves):
+            if (staged / dst).exists() and not (self.work / src).exists():
+                (self.work / src).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staged / dst, self.work / src)
+        (self.work / LENT).unlink()
 
     def publish(self, staged: Path) -> Path:
         """Move the finished store into place in one rename (an old one, with overwrite,
