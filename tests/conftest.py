@@ -141,18 +141,23 @@ def tools_python() -> Path:
     pytest.skip(f"the tools environment is not built: run `make tools-env` ({found})")
 
 
+def texture(shape: tuple[int, ...], seed: int):
+    """A smooth random texture (white noise smoothed by a 2-voxel Gaussian), float32 of
+    mean 500 and standard deviation 100: tissue for registrations whose truth is known."""
+    import numpy as np
+    from scipy import ndimage
+
+    tissue = ndimage.gaussian_filter(np.random.default_rng(seed).random(shape), 2.0)
+    return ((tissue - tissue.mean()) / tissue.std() * 100 + 500).astype(np.float32)
+
+
 def strip_pair(zy: tuple[int, int], nx: int, start: int, seed: int):
     """A smooth random texture as the fixed image (``(*zy, nx)`` voxels of 1) and as a
     moving image ``moving(p) = fixed(p - 2 x)`` that begins ``start`` voxels in along x,
     as a round that did not image that strip."""
-    import numpy as np
-    from scipy import ndimage
-
     from ngffreg.image import Grid
 
-    rng = np.random.default_rng(seed)
-    tissue = ndimage.gaussian_filter(rng.random((*zy, nx + 16)), 2.0).astype(np.float32)
-    tissue = (tissue - tissue.mean()) / tissue.std() * 100 + 500
+    tissue = texture((*zy, nx + 16), seed)
     fixed = Grid.from_origin((*zy, nx), 1.0, (0.0, 0.0, 0.0)).image(tissue[:, :, 8:nx + 8])
     part = tissue[:, :, start + 6:nx + 6].copy()
     moving = Grid.from_origin(part.shape, 1.0, (0.0, 0.0, float(start))).image(part)

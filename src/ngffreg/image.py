@@ -226,13 +226,18 @@ def _check_image(image: xr.DataArray) -> None:
 
 
 def spacing(image: xr.DataArray) -> tuple[float, float, float]:
-    """Voxel size (z, y, x) in the image's units."""
+    """Voxel size (z, y, x) in the image's units: the step of each coordinate, or the
+    ``spacing`` its attributes hold where that is the step up to rounding (the step of
+    coordinates ``origin + i * spacing`` can be off in its last bit)."""
     _check_image(image)
     out = []
     for dim in SPATIAL_DIMS:
         c = image.coords[dim]
         if c.size >= 2:
-            out.append(float(c.values[1] - c.values[0]))
+            step = float(c.values[1] - c.values[0])
+            said = c.attrs.get("spacing")
+            exact = said is not None and abs(float(said) - step) <= 1e-9 * abs(step)
+            out.append(float(said) if exact else step)
         elif "spacing" in c.attrs:
             out.append(float(c.attrs["spacing"]))
         else:

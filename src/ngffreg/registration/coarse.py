@@ -288,8 +288,7 @@ def _run_greedy(fixed: xr.DataArray, moving: xr.DataArray, linear: Transform,
     method = Greedy(accuracy=accuracy, velocity=engine == "GreedySVF")
     options = dataclasses.replace(method.options(), inverse=True)
     result = greedy_register(fixed, prewarped, options, fixed_mask=fixed_mask,
-                             moving_mask=(covered if method.data_only and not covered.all()
-                                          else None),
+                             moving_mask=method.moving_mask(covered),
                              hold_out=hold_out_cells(fixed.shape, method.hold_out_cell))
     before, after = result.held_out
     record = {"held_out_before": before, "held_out_after": after,

@@ -133,6 +133,12 @@ class Greedy:
             sigma_update=self.sigma_update, sigma_field=self.sigma_field,
             velocity=self.velocity, inverse=False, gradient=self.gradient)
 
+    def moving_mask(self, valid: np.ndarray | None) -> np.ndarray | None:
+        """What the engine is told of where the pre-warped moving array holds data
+        (``valid``): the mask with ``data_only`` where some of it holds none, else None
+        (fit everywhere)."""
+        return valid if self.data_only and valid is not None and not valid.all() else None
+
     def __call__(self, fixed: xr.DataArray, moving: xr.DataArray, initial: Transform,
                  info: BlockInfo) -> BlockResult:
         hold = (greedy.hold_out_cells(fixed.shape, self.hold_out_cell)
@@ -140,7 +146,7 @@ class Greedy:
         options = self.options()
         result = greedy.greedy_register(
             fixed, moving, options, hold_out=hold, judge=core_slices(info.core, info.region),
-            moving_mask=info.moving_valid if self.data_only else None)
+            moving_mask=self.moving_mask(info.moving_valid))
         if result.held_out is not None:
             before, after = result.held_out
             if not after - before > self.min_gain:
