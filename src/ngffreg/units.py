@@ -82,8 +82,13 @@ def normalize_unit(unit: str) -> str:
 
 
 def unit_factor(from_unit: str, to_unit: str) -> float:
-    """Factor that converts a length in ``from_unit`` to ``to_unit``."""
-    return _LENGTH_IN_METRES[normalize_unit(from_unit)] / _LENGTH_IN_METRES[normalize_unit(to_unit)]
+    """Factor that converts a length in ``from_unit`` to ``to_unit``: the ratio of the
+    units' lengths in metres taken in decimal, so that millimetre → micrometre is 1000
+    exactly (1e-3 / 1e-6 in binary floating point is 1000.0000000000001)."""
+    from decimal import Decimal
+
+    a, b = (_LENGTH_IN_METRES[normalize_unit(u)] for u in (from_unit, to_unit))
+    return float(Decimal(repr(a)) / Decimal(repr(b)))
 
 
 def parse_bytes(value: Any) -> int:
