@@ -117,7 +117,9 @@ transform model and ``warp``:
 ``--crop Z0:Z1,Y0:Y1,X0:X1`` (smoke tests): both images cropped to these index ranges,
 the moving one shifted by ``--moving-offset DZ,DY,DX`` voxels (default 0; clipped to each
 image), kept in place (origin = start × spacing, so the true map is the pair's own), written
-as OME-Zarr 0.5 in the work folder; the known field is made on the cropped fixed grid. The
+as OME-Zarr 0.5 in the work folder; the known field is made on the cropped fixed grid and
+the deformed copy is sampled from the whole fixed volume, so that it holds tissue to
+the crop's faces (from the crop alone, its faces held zeros inside the image). The
 real pair is offset by about (−10, −36, −84) voxels (moving index = fixed index + offset;
 phase correlation of the whole lowres pair), so a small crop at the same indices holds
 different cells in each image; for the crop ``100:164,150:278,300:556`` the best integer
@@ -159,7 +161,7 @@ from bench_convert import TreeSampler  # noqa: E402
 PY = sys.executable
 SCRIPT = str(Path(__file__).resolve())
 BIGSTREAM_SCRIPT = HERE / "bigstream_easifish.py"
-CASE_VERSION = 1
+CASE_VERSION = 2  # 2: a crop's known copy is sampled from the whole fixed volume
 STORE_CHUNKS = (64, 128, 128)  # the pair's own chunks
 EXPORT_CHUNKS = (70, 128, 128)  # bigstream's N5 block size, z, y, x
 #: The known deformation: per component, a sum of WAVES plane sinusoids.
@@ -252,8 +254,11 @@ def prepare_child(case_dir: str, crop_text: str, known: str, offset_text: str) -
                             "moving_offset": offset_text, "known": known == "1"}
     if known == "1":
         s = known_field(Grid.of(images["fixed"]))
-        synth = warp(images["fixed"], s, like=images["fixed"], dtype="uint16",
-                     chunks=STORE_CHUNKS)
+        # sampled from the whole fixed volume: a crop's deformed copy holds tissue to its
+        # faces, as a crop of a larger acquisition would (from the crop alone, its faces
+        # held zeros inside the image up to the map's 6 µm deep)
+        synth = warp(open_image(str(src / "fix.ome.zarr")), s, like=images["fixed"],
+                     dtype="uint16", chunks=STORE_CHUNKS)
         paths["moving"] = str(folder / "moving_known.ome.zarr")
         to_ome_zarr(synth, paths["moving"], chunks=STORE_CHUNKS, n_levels=1, overwrite=True)
         images["moving"] = open_image(paths["moving"])
