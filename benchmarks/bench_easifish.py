@@ -509,16 +509,25 @@ def ncc_measures(fixed: Any, before: Any, after: Any, mask: Any) -> dict:
     return out
 
 
+def known_truth(case: dict, folder: Path) -> Any:
+    """The known map ``S`` of a ``--known`` case (its inverse is the true fixed → moving
+    map), as a displacement field."""
+    import numpy as np
+
+    from ngffreg.transforms import DisplacementField
+
+    npz = np.load(folder / "truth.npz")
+    return DisplacementField.from_array(npz["field"], spacing=npz["spacing"],
+                                        origin=npz["origin"], unit=case["pair"]["unit"],
+                                        outside="nearest")
+
+
 def tre_measures(case: dict, folder: Path, forward: Any, fixed1: Any, mask: Any) -> dict:
     import numpy as np
 
     from ngffreg.image import Grid
-    from ngffreg.transforms import DisplacementField
 
-    npz = np.load(folder / "truth.npz")
-    s = DisplacementField.from_array(npz["field"], spacing=npz["spacing"],
-                                     origin=npz["origin"], unit=case["pair"]["unit"],
-                                     outside="nearest")
+    s = known_truth(case, folder)
     g1 = Grid.of(fixed1)
     rng = np.random.default_rng(0)
     idx = np.argwhere(mask)

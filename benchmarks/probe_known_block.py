@@ -23,13 +23,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+from bench_easifish import known_truth  # benchmarks/, the script's own folder
 
 from ngffreg.blocks import core_slices, moving_region
 from ngffreg.image import Grid, load
 from ngffreg.io.read import open_image
 from ngffreg.registration.blockwise import PREWARP_INTERPOLATOR
 from ngffreg.registration.methods import BlockInfo, Greedy
-from ngffreg.transforms import DisplacementField, Sequence
+from ngffreg.transforms import Sequence
 from ngffreg.transforms.ngff.decode import read_registration
 from ngffreg.warp import warp_covered
 
@@ -49,10 +50,7 @@ def main() -> None:
     fwd = getattr(fwd, "forward", fwd)
     initial = Sequence(transforms=fwd.transforms[1:])  # the run's transform less its fine field
     fixed, moving = open_image(case["fixed"]), open_image(case["moving"])
-    npz = np.load(CASE / "truth.npz")
-    truth_map = DisplacementField.from_array(npz["field"], spacing=npz["spacing"],
-                                             origin=npz["origin"], unit="micrometer",
-                                             outside="nearest")
+    truth_map = known_truth(case, CASE)
     for path in sorted((out / "blocks").glob("b*/zarr.json")):
         rec = json.loads(path.read_text())["attributes"]["ngffreg_block"]
         if rec["index"] not in want:

@@ -22,16 +22,13 @@ import bench_easifish as be
 
 from ngffreg.image import Grid
 from ngffreg.io.read import open_image
-from ngffreg.transforms import DisplacementField, Sequence
+from ngffreg.transforms import Sequence
 
 
 def main(folder: Path, boxes: dict[str, list[list[int]]]) -> None:
     case = json.loads((folder / "case.json").read_text())
     steps = list(be.load_transform(case, "ngffreg", folder).transforms)
-    npz = np.load(folder / "truth.npz")
-    truth_map = DisplacementField.from_array(npz["field"], spacing=npz["spacing"],
-                                             origin=npz["origin"], unit=case["pair"]["unit"],
-                                             outside="nearest")
+    truth_map = be.known_truth(case, folder)
     grid = Grid.of(open_image(case["fixed"]))
     for name, box in boxes.items():
         pts = grid.points(tuple(slice(a, b) for a, b in box))[::97]

@@ -135,10 +135,14 @@ class RunStore:
         write_atomic(folder / "result.pkl", pickle.dumps(coarse))
         return coarse
 
+    @property
+    def _staged(self) -> Path:
+        return self.work / self.output.name
+
     def staged(self) -> Path:
         """Where the output store is written before it is published (what a killed run
         left there is removed)."""
-        staged = self.work / self.output.name
+        staged = self._staged
         if staged.exists():
             shutil.rmtree(staged)
         return staged
@@ -148,7 +152,7 @@ class RunStore:
         staged store: renames, which need no space on a full disk. The list is written
         first to ``work/lent.json``, so that :meth:`take_back` can undo it after a failure
         or a kill."""
-        staged = self.work / self.output.name
+        staged = self._staged
         write_atomic(self.work / LENT, json.dumps(moves))
         for src, dst in moves:
             (staged / dst).parent.mkdir(parents=True, exist_ok=True)
@@ -162,7 +166,7 @@ class RunStore:
             moves = json.loads((self.work / LENT).read_text())
         except (OSError, ValueError):
             return
-        staged = self.work / self.output.name
+        staged = self._staged
         for src, dst in reversed(moves):
             if (staged / dst).exists() and not (self.work / src).exists():
                 (self.work / src).parent.mkdir(parents=True, exist_ok=True)
